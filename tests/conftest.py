@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny synthetic image folders written to tmp_path."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, PROJECT_DIR)
+
+# Three classes, four images each: enough for a stratified validation split of one per class.
+NUM_CLASSES = 3
+IMAGES_PER_CLASS = 4
+# Small, odd-sized images: the pipeline must resize whatever it gets.
+IMAGE_SHAPE = (37, 45, 3)
+
+
+def write_images(folder, names, seed):
+    """Write a random colour image under each name; each class gets its own mean colour."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for index, name in enumerate(names):
+        base = 60 * (index % NUM_CLASSES)
+        pixels = (base + rng.integers(0, 80, IMAGE_SHAPE)).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, name))
+
+
+@pytest.fixture
+def train_set(tmp_path):
+    """(train_gt, image folder) with NUM_CLASSES x IMAGES_PER_CLASS JPEGs."""
+    folder = tmp_path / "train_images"
+    names = [f"{index:03d}.jpg" for index in range(NUM_CLASSES * IMAGES_PER_CLASS)]
+    write_images(folder, names, seed=0)
+    return {name: index % NUM_CLASSES for index, name in enumerate(names)}, str(folder)
+
+
+def folder_state(folder):
+    """Every file under `folder` with its size and modification time."""
+    state = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            info = os.stat(path)
+            state[os.path.relpath(path, folder)] = (info.st_size, info.st_mtime_ns)
+    return state

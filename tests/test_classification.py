@@ -1,0 +1,120 @@
+"""Contract tests for classification.train_classifier and classification.classify."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import NUM_CLASSES, PROJECT_DIR, folder_state, write_images
+
+import classification
+
+# Small enough for fast tests, large enough for MobileNetV2's five stride-2 stages.
+SMALL_IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """The deployable model at a small input size and random weights: the backbone is not the point."""
+    keras.utils.set_random_seed(0)
+    model, _ = classification._build_model(NUM_CLASSES, SMALL_IMAGE_SIZE, weights=None)
+    return model
+
+
+@pytest.fixture
+def test_folder(tmp_path):
+    """Image files of every supported extension, in mixed case, beside files that are not images."""
+    folder = tmp_path / "test_images"
+    image_names = ["a.jpg", "b.JPG", "c.jpeg", "d.png", "e.PNG", "f.bmp", "g.gif"]
+    write_images(folder, image_names, seed=1)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "gt.csv").write_text("filename,class_id\n")
+    (folder / "subfolder").mkdir()
+    write_images(folder / "subfolder", ["nested.jpg"], seed=2)
+    return str(folder), image_names
+
+
+def test_classify_labels_every_image_file_with_an_int_in_range(small_model, test_folder):
+    folder, image_names = test_folder
+    labels = classification.classify(small_model, folder)
+    assert sorted(labels) == sorted(image_names)
+    assert all(type(label) is int and 0 <= label < NUM_CLASSES for label in labels.values())
+
+
+def test_classify_missing_folder_names_it(small_model, tmp_path):
+    missing = str(tmp_path / "no_such_folder")
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        classification.classify(small_model, missing)
+
+
+def test_hdf5_round_trip_gives_identical_predictions(small_model, test_folder, tmp_path):
+    folder, _ = test_folder
+    path = str(tmp_path / "model.hdf5")
+    small_model.save(path)
+    # Plain load_model, safe_mode on, no custom objects: what the checker does.
+    loaded = keras.models.load_model(path)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in _all_layers(loaded))
+    images = np.random.default_rng(0).integers(0, 256, (4, SMALL_IMAGE_SIZE, SMALL_IMAGE_SIZE, 3))
+    np.testing.assert_array_equal(small_model.predict(images, verbose=0), loaded.predict(images, verbose=0))
+    assert classification.classify(loaded, folder) == classification.classify(small_model, folder)
+
+
+def test_fast_train_returns_a_model_with_one_output_per_class(train_set):
+    train_gt, folder = train_set
+    model = classification.train_classifier(train_gt, folder, fast_train=True)
+    assert isinstance(model, keras.Model)
+    assert model.output_shape == (None, NUM_CLASSES)
+    labels = classification.classify(model, folder)
+    assert sorted(labels) == sorted(train_gt)
+
+
+def test_training_and_classification_write_no_file(train_set, tmp_path):
+    train_gt, folder = train_set
+    watched = [folder, PROJECT_DIR]
+    before = [folder_state(path) for path in watched]
+    model = classification.train_classifier(train_gt, folder, fast_train=True)
+    classification.classify(model, folder)
+    assert [folder_state(path) for path in watched] == before
+
+
+def test_fast_train_is_deterministic(train_set):
+    train_gt, folder = train_set
+    first = classification.train_classifier(train_gt, folder, fast_train=True)
+    second = classification.train_classifier(train_gt, folder, fast_train=True)
+    for first_weights, second_weights in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(first_weights, second_weights)
+    assert classification.classify(first, folder) == classification.classify(second, folder)
+
+
+def test_train_gt_naming_missing_files_lists_them_all(train_set):
+    train_gt, folder = train_set
+    broken_gt = dict(train_gt, **{"missing_1.jpg": 0, "missing_2.jpg": 1})
+    with pytest.raises(FileNotFoundError, match="missing_1.jpg, missing_2.jpg"):
+        classification.train_classifier(broken_gt, folder, fast_train=True)
+
+
+def test_missing_training_folder_names_it(train_set, tmp_path):
+    train_gt, _ = train_set
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        classification.train_classifier(train_gt, str(tmp_path / "no_such_folder"), fast_train=True)
+
+
+@pytest.mark.parametrize("bad_label", [-1, 1.5, "2", None])
+def test_train_gt_with_a_bad_label_is_refused(train_set, bad_label):
+    train_gt, folder = train_set
+    name = sorted(train_gt)[0]
+    with pytest.raises(ValueError, match=name):
+        classification.train_classifier(dict(train_gt, **{name: bad_label}), folder, fast_train=True)
+
+
+def test_empty_train_gt_is_refused(train_set):
+    _, folder = train_set
+    with pytest.raises(ValueError, match="empty"):
+        classification.train_classifier({}, folder, fast_train=True)
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
