@@ -1,0 +1,55 @@
+"""Benchmark the full recipe end to end on ../shared/birds: accuracy, wall time, peak memory.
+
+    python bench.py [--seed N] [--save PATH]
+
+Trains with train_classifier(..., fast_train=False) on 00_input/train, labels the public test
+images with classify, and prints one Markdown table row:
+seed | public-test accuracy | training minutes | classify img/s | peak memory GiB.
+The public test is for reporting only; every setting was chosen on the validation split.
+"""
+
+import argparse
+import os
+import resource
+import time
+
+import classification
+import run
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "birds")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=classification.SEED, help="replaces classification.SEED")
+    parser.add_argument("--save", metavar="PATH", help="also save the trained model here (.hdf5)")
+    parser.add_argument("--data", default=DATA_DIR, help="folder in the checker's layout (default: %(default)s)")
+    args = parser.parse_args()
+
+    classification.SEED = args.seed
+    train_dir = os.path.join(args.data, "00_input", "train")
+    test_dir = os.path.join(args.data, "00_input", "test", "images")
+    train_gt = run.read_gt(os.path.join(train_dir, "gt.csv"))
+    expected = run.read_gt(os.path.join(args.data, "00_gt", "gt.csv"))
+
+    start = time.time()
+    model = classification.train_classifier(train_gt, os.path.join(train_dir, "images"), fast_train=False)
+    train_minutes = (time.time() - start) / 60
+    if args.save:
+        model.save(args.save)
+    start = time.time()
+    predicted = classification.classify(model, test_dir)
+    images_per_second = len(predicted) / (time.time() - start)
+    # ru_maxrss is in KiB on Linux.
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    print("| seed | public-test accuracy | training min | classify img/s | peak memory GiB |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {args.seed} | {run.score(predicted, expected):.3f} | {train_minutes:.1f} "
+        f"| {images_per_second:.1f} | {peak_gib:.1f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
