@@ -127,12 +127,14 @@ def train_classifier(train_gt, train_img_dir, fast_train=True):
     paths = [os.path.join(train_img_dir, name) for name in names]
 
     model, parts = _build_model(num_classes, IMAGE_SIZE, weights="imagenet")
-    train_views = _cached_views(parts, [paths[i] for i in train_index], config.views, "train")
-    validation_views = _cached_views(parts, [paths[i] for i in validation_index], 1, "validation")
+    train_views, train_decoded = _cached_views(parts, [paths[i] for i in train_index], config.views, "train")
+    validation_views, validation_decoded = _cached_views(parts, [paths[i] for i in validation_index], 1, "validation")
+    if not train_decoded.any():
+        raise ValueError(f"None of the {len(train_index)} training images in {train_img_dir!r} could be decoded.")
     # One-hot targets, because label smoothing needs them.
     targets = keras.utils.to_categorical(labels, num_classes)
-    train_data = _CachedViews(train_views, targets[train_index], BATCH_SIZE, rng)
-    validation_data = _CachedViews(validation_views, targets[validation_index], BATCH_SIZE)
+    train_data = _CachedViews(train_views, targets[train_index], train_decoded, BATCH_SIZE, rng)
+    validation_data = _CachedViews(validation_views, targets[validation_index], validation_decoded, BATCH_SIZE)
 
     # The upper blocks, called like the full model calls the backbone (BatchNormalization in
     # inference mode), with the head on top: the model that training updates.
@@ -184,6 +186,15 @@ def _validated_training_set(train_gt, train_img_dir):
         raise FileNotFoundError(f"Training image folder not found: {train_img_dir!r} (expected a directory of images).")
     if not train_gt:
         raise ValueError(f"train_gt is empty: expected a mapping of image file name to class id, got {train_gt!r}.")
+    not_names = sorted(repr(name) for name in train_gt if not isinstance(name, str))
+    if not_names:
+        raise ValueError(f"train_gt keys must be file names (str); got {', '.join(not_names)}")
+    # A name must stay inside train_img_dir: no absolute paths, no way out through "..".
+    outside = sorted(
+        name for name in train_gt if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir
+    )
+    if outside:
+        raise ValueError(f"train_gt names must be relative paths inside {train_img_dir!r}; got {', '.join(outside)}")
     missing = sorted(name for name in train_gt if not os.path.isfile(os.path.join(train_img_dir, name)))
     if missing:
         raise FileNotFoundError(
@@ -267,47 +278,51 @@ def _build_model(num_classes, image_size, weights):
 
 
 def _cached_views(parts, paths, views, subset):
-    """Run the frozen lower part once per view of every image; return float16 activations of
-    shape (views, images, height, width, channels). View 0 is the plain image, the others
-    pass through the augmentation layers."""
+    """Run the frozen lower part once per view of every image.
+
+    Returns float16 activations of shape (views, images, height, width, channels), and a boolean
+    array that says which images decoded (the others are skipped with a warning and stay zero).
+    View 0 is the plain image, the others pass through the augmentation layers."""
     height, width, channels = parts.lower.output_shape[1:]
     cache = np.zeros((views, len(paths), height, width, channels), np.float16)
     lower = tf.function(lambda images: parts.lower(images, training=False))
     augment = tf.function(lambda images: parts.augmentation(images, training=True))
     print(f"Caching {views} view(s) of {len(paths)} {subset} images at {SPLIT_LAYER}")
+    decoded = np.zeros(len(paths), bool)
     progress = keras.utils.Progbar(views * len(paths), unit_name="image")
     for view in range(views):
-        for indices, images in _image_batches(paths, parts.lower.input_shape[1]):
+        for indices, images in _image_batches(paths, parts.lower.input_shape[1], warn=view == 0):
             images = tf.cast(images, "float32")
             if view > 0:
                 images = augment(images)
             cache[view, indices.numpy()] = lower(images).numpy()
+            decoded[indices.numpy()] = True
             progress.add(len(indices))
-    return cache
+    return cache, decoded
 
 
 class _CachedViews(keras.utils.PyDataset):
-    """Batches of cached activations; each epoch shuffles (when given `rng`) and draws one
-    random view of each image."""
+    """Batches of cached activations of the images that decoded, with their targets; each epoch
+    shuffles (when given `rng`) and draws one random view of each image."""
 
-    def __init__(self, views, labels, batch_size, rng=None):
+    def __init__(self, views, targets, decoded, batch_size, rng=None):
         super().__init__()
-        self.views, self.labels, self.batch_size, self.rng = views, labels, batch_size, rng
-        self.order = np.arange(len(labels))
-        self.view_of = np.zeros(len(labels), int)
+        self.views, self.targets, self.batch_size, self.rng = views, targets, batch_size, rng
+        self.order = np.flatnonzero(decoded)
+        self.view_of = np.zeros(len(targets), int)
         self.on_epoch_end()
 
     def __len__(self):
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(len(self.order) / self.batch_size)
 
     def __getitem__(self, batch):
         indices = self.order[batch * self.batch_size : (batch + 1) * self.batch_size]
-        return self.views[self.view_of[indices], indices].astype("float32"), self.labels[indices]
+        return self.views[self.view_of[indices], indices].astype("float32"), self.targets[indices]
 
     def on_epoch_end(self):
         if self.rng is not None:
-            self.order = self.rng.permutation(len(self.labels))
-            self.view_of = self.rng.integers(len(self.views), size=len(self.labels))
+            self.order = self.rng.permutation(self.order)
+            self.view_of = self.rng.integers(len(self.views), size=len(self.targets))
 
 
 def _compile(model, optimizer):
@@ -322,7 +337,7 @@ def _fit(model, train_data, validation_data, epochs, optimizer):
     """Train `model`, keeping (in memory) the weights of the epoch with the best validation
     accuracy; without validation images (every class has a single image) the last epoch's."""
     _compile(model, optimizer)
-    if len(validation_data.labels) == 0:
+    if len(validation_data) == 0:
         model.fit(train_data, epochs=epochs, verbose=2)
         return
     best_epoch = keras.callbacks.EarlyStopping(
@@ -331,11 +346,11 @@ def _fit(model, train_data, validation_data, epochs, optimizer):
     model.fit(train_data, validation_data=validation_data, epochs=epochs, callbacks=[best_epoch], verbose=2)
 
 
-def _image_batches(paths, image_size):
+def _image_batches(paths, image_size, warn=True):
     """The one image pipeline: decode -> resize -> batch -> prefetch.
 
     Yields (indices into `paths`, uint8 images of shape (batch, image_size, image_size, 3)).
-    Files that cannot be decoded are left out and listed in one warning at the end.
+    Files that cannot be decoded are left out and, when `warn`, listed in one warning at the end.
     """
     broken = []
 
@@ -354,7 +369,7 @@ def _image_batches(paths, image_size):
         ),
     )
     yield from dataset.batch(BATCH_SIZE).prefetch(tf.data.AUTOTUNE)
-    if broken:
+    if broken and warn:
         warnings.warn(f"Skipped {len(broken)} file(s) that are not decodable images:\n  " + "\n  ".join(broken))
 
 
