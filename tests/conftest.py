@@ -3,6 +3,7 @@
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,11 +11,16 @@ from PIL import Image
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PROJECT_DIR)
 
+import classification  # noqa: E402  (importable once PROJECT_DIR is on the path)
+
 # Three classes, four images each: enough for a stratified validation split of one per class.
 NUM_CLASSES = 3
 IMAGES_PER_CLASS = 4
 # Small, odd-sized images: the pipeline must resize whatever it gets.
 IMAGE_SHAPE = (37, 45, 3)
+# Model input for tests where the real backbone is not the point: small enough to be fast, large
+# enough for MobileNetV2's five stride-2 stages.
+SMALL_IMAGE_SIZE = 64
 
 
 def write_images(folder, names, seed):
@@ -25,6 +31,14 @@ def write_images(folder, names, seed):
         base = 60 * (index % NUM_CLASSES)
         pixels = (base + rng.integers(0, 80, IMAGE_SHAPE)).astype(np.uint8)
         Image.fromarray(pixels).save(os.path.join(folder, name))
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """The deployable model at a small input size with random weights."""
+    keras.utils.set_random_seed(0)
+    model, _ = classification._build_model(NUM_CLASSES, SMALL_IMAGE_SIZE, weights=None)
+    return model
 
 
 @pytest.fixture

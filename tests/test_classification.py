@@ -5,20 +5,9 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import NUM_CLASSES, PROJECT_DIR, folder_state, write_images
+from conftest import NUM_CLASSES, PROJECT_DIR, SMALL_IMAGE_SIZE, folder_state, write_images
 
 import classification
-
-# Small enough for fast tests, large enough for MobileNetV2's five stride-2 stages.
-SMALL_IMAGE_SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def small_model():
-    """The deployable model at a small input size and random weights: the backbone is not the point."""
-    keras.utils.set_random_seed(0)
-    model, _ = classification._build_model(NUM_CLASSES, SMALL_IMAGE_SIZE, weights=None)
-    return model
 
 
 @pytest.fixture

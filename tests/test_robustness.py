@@ -2,22 +2,12 @@
 
 import os
 
-import keras
 import numpy as np
 import pytest
 from conftest import NUM_CLASSES, write_images
 from PIL import Image
 
 import classification
-
-SMALL_IMAGE_SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def small_model():
-    keras.utils.set_random_seed(0)
-    model, _ = classification._build_model(NUM_CLASSES, SMALL_IMAGE_SIZE, weights=None)
-    return model
 
 
 def _rgb(width, height, seed=0):
