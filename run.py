@@ -1,8 +1,10 @@
 """Checker-style harness for classification.py.
 
-    python run.py TESTS_DIR                       every NN_input/NN_gt pair in TESTS_DIR: train with
+    python run.py TESTS_DIR [--output DIR]        every NN_input/NN_gt pair in TESTS_DIR: train with
                                                   fast_train=True, label NN_input/test/images with
-                                                  birds_model.hdf5, write NN_output/output.csv, score
+                                                  birds_model.hdf5, write NN_output/output.csv (in
+                                                  TESTS_DIR, or in DIR when TESTS_DIR is read-only),
+                                                  score
     CHECKER=1 python run.py DATA_DIR OUTPUT_DIR   the grading system's single test: DATA_DIR/train
                                                   and DATA_DIR/test/images in, OUTPUT_DIR/output.csv out
     python run.py --train TRAIN_DIR MODEL_PATH    full training (fast_train=False) on TRAIN_DIR/gt.csv
@@ -35,6 +37,7 @@ class HarnessError(Exception):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", action="store_true", help="train fully and save: TRAIN_DIR MODEL_PATH")
+    parser.add_argument("--output", metavar="DIR", help="where NN_output folders go (default: TESTS_DIR)")
     parser.add_argument("paths", nargs="+", metavar="PATH")
     args = parser.parse_args(argv)
     try:
@@ -46,7 +49,7 @@ def main(argv=None):
             run_single_test(data_dir, output_dir)
         else:
             (tests_dir,) = _exactly(args.paths, 1, "TESTS_DIR")
-            run_all_tests(tests_dir)
+            run_all_tests(tests_dir, args.output or tests_dir)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -75,13 +78,17 @@ def run_single_test(data_dir, output_dir):
     start = time.time()
     labels = classification.classify(model, os.path.join(data_dir, "test", "images"))
     classify_seconds = time.time() - start
-    os.makedirs(output_dir, exist_ok=True)
-    write_gt(os.path.join(output_dir, "output.csv"), labels)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        write_gt(os.path.join(output_dir, "output.csv"), labels)
+    except OSError as error:
+        raise HarnessError(f"cannot write {output_dir!r} ({error.strerror}): the output folder must be writable")
     return train_seconds, classify_seconds
 
 
-def run_all_tests(tests_dir):
-    """Every NN_input folder in tests_dir: run it, score NN_output/output.csv against NN_gt/gt.csv."""
+def run_all_tests(tests_dir, output_root):
+    """Every NN_input folder in tests_dir: run it, write output_root/NN_output/output.csv and score
+    it against tests_dir/NN_gt/gt.csv."""
     if not os.path.isdir(tests_dir):
         raise HarnessError(f"tests folder not found: {tests_dir!r}")
     inputs = sorted(name for name in os.listdir(tests_dir) if name.endswith("_input"))
@@ -90,7 +97,7 @@ def run_all_tests(tests_dir):
     accuracies = []
     for input_name in inputs:
         test_id = input_name[: -len("_input")]
-        output_dir = os.path.join(tests_dir, f"{test_id}_output")
+        output_dir = os.path.join(output_root, f"{test_id}_output")
         expected = read_gt(os.path.join(tests_dir, f"{test_id}_gt", "gt.csv"))
         train_seconds, classify_seconds = run_single_test(os.path.join(tests_dir, input_name), output_dir)
         accuracy = score(read_gt(os.path.join(output_dir, "output.csv")), expected)

@@ -47,6 +47,16 @@ def test_harness_labels_every_test_image_and_prints_the_mark(small_tests_dir, ca
     assert run.score(run.read_gt(str(small_tests_dir / "00_output" / "output.csv")), expected) > 0.5
 
 
+def test_outputs_go_to_the_output_folder_and_an_unwritable_one_is_explained(small_tests_dir, tmp_path, capsys):
+    output_root = tmp_path / "outputs"
+    assert run.main([str(small_tests_dir), "--output", str(output_root)]) == 0
+    assert (output_root / "00_output" / "output.csv").is_file()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert run.main([str(small_tests_dir), "--output", str(blocker)]) == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
 def test_missing_gt_is_reported_without_a_traceback(tmp_path, capsys):
     (tmp_path / "00_input").mkdir()
     assert run.main([str(tmp_path)]) == 1
