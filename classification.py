@@ -29,6 +29,7 @@ Re-create the committed model (see README.md):
     python run.py --train ../shared/birds/00_input/train birds_model.hdf5
 """
 
+import collections.abc
 import dataclasses
 import math
 import os
@@ -191,6 +192,8 @@ def _validated_training_set(train_gt, train_img_dir):
     """Check `train_gt` against `train_img_dir`; return names and labels as arrays, sorted by name."""
     if not os.path.isdir(train_img_dir):
         raise FileNotFoundError(f"Training image folder not found: {train_img_dir!r} (expected a directory of images).")
+    if not isinstance(train_gt, collections.abc.Mapping):
+        raise ValueError(f"train_gt must be a mapping of image file name to class id; got a {type(train_gt).__name__}.")
     if not train_gt:
         raise ValueError(f"train_gt is empty: expected a mapping of image file name to class id, got {train_gt!r}.")
     not_names = sorted(repr(name) for name in train_gt if not isinstance(name, str))

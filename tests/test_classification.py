@@ -102,6 +102,12 @@ def test_empty_train_gt_is_refused(train_set):
         classification.train_classifier({}, folder, fast_train=True)
 
 
+def test_train_gt_that_is_not_a_mapping_is_refused(train_set):
+    train_gt, folder = train_set
+    with pytest.raises(ValueError, match="mapping.*list"):
+        classification.train_classifier(list(train_gt.items()), folder, fast_train=True)
+
+
 def _all_layers(model):
     for layer in model.layers:
         yield layer
