@@ -63,6 +63,17 @@ def test_broken_files_are_skipped_with_one_warning_naming_each(small_model, tmp_
     assert len(skipped) == 1 and all(name in skipped[0] for name in broken)
 
 
+def test_labels_do_not_depend_on_the_order_files_were_written(small_model, tmp_path):
+    names = [f"{index:02d}.png" for index in range(6)]
+    for folder, order in (("forward", names), ("backward", names[::-1])):
+        (tmp_path / folder).mkdir()
+        for name in order:
+            _rgb(30, 20, seed=names.index(name)).save(tmp_path / folder / name)
+    forward = classification.classify(small_model, str(tmp_path / "forward"))
+    assert sorted(forward) == names
+    assert forward == classification.classify(small_model, str(tmp_path / "backward"))
+
+
 def test_empty_folder_gives_no_labels(small_model, tmp_path):
     assert classification.classify(small_model, str(tmp_path)) == {}
 

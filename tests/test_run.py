@@ -74,6 +74,13 @@ def test_mark_follows_the_assignment_table():
     assert [run.mark(accuracy) for accuracy in (0.85, 0.849, 0.5, 0.4, 0.01, 0.0)] == [10, 9, 3, 2, 1, 0]
 
 
+def test_unreadable_model_file_is_explained(tmp_path):
+    path = tmp_path / "birds_model.hdf5"
+    path.write_text("not an HDF5 file")
+    with pytest.raises(run.HarnessError, match="cannot load model"):
+        run.load_model(str(path))
+
+
 def test_missing_model_file_is_explained(tmp_path):
     with pytest.raises(run.HarnessError, match="model file not found"):
         run.load_model(str(tmp_path / "birds_model.hdf5"))
