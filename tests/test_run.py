@@ -57,6 +57,14 @@ def test_outputs_go_to_the_output_folder_and_an_unwritable_one_is_explained(smal
     assert "cannot write" in capsys.readouterr().err
 
 
+def test_checker_mode_writes_output_csv_for_one_test(small_tests_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHECKER", "1")
+    output_dir = tmp_path / "checker_output"
+    assert run.main([str(small_tests_dir / "00_input"), str(output_dir)]) == 0
+    labels = run.read_gt(str(output_dir / "output.csv"))
+    assert sorted(labels) == sorted(run.read_gt(str(small_tests_dir / "00_gt" / "gt.csv")))
+
+
 def test_missing_gt_is_reported_without_a_traceback(tmp_path, capsys):
     (tmp_path / "00_input").mkdir()
     assert run.main([str(tmp_path)]) == 1
