@@ -300,14 +300,19 @@ def _cached_views(parts, paths, views, subset):
     print(f"Caching {views} view(s) of {len(paths)} {subset} images at {SPLIT_LAYER}")
     decoded = np.zeros(len(paths), bool)
     progress = keras.utils.Progbar(views * len(paths), unit_name="image")
+    # View 0 decodes every path; later views read only the images that decoded, so a broken
+    # file is tried, and reported, once.
+    readable = np.arange(len(paths))
     for view in range(views):
-        for indices, images in _image_batches(paths, parts.lower.input_shape[1], warn=view == 0):
+        for indices, images in _image_batches([paths[i] for i in readable], parts.lower.input_shape[1]):
             images = tf.cast(images, "float32")
             if view > 0:
                 images = augment(images)
-            cache[view, indices.numpy()] = lower(images).numpy()
-            decoded[indices.numpy()] = True
+            cached = readable[indices.numpy()]
+            cache[view, cached] = lower(images).numpy()
+            decoded[cached] = True
             progress.add(len(indices))
+        readable = np.flatnonzero(decoded)
     return cache, decoded
 
 
@@ -357,11 +362,11 @@ def _fit(model, train_data, validation_data, epochs, optimizer, run_eagerly):
     model.fit(train_data, validation_data=validation_data, epochs=epochs, callbacks=[best_epoch], verbose=2)
 
 
-def _image_batches(paths, image_size, warn=True):
+def _image_batches(paths, image_size):
     """The one image pipeline: decode -> resize -> batch -> prefetch.
 
     Yields (indices into `paths`, uint8 images of shape (batch, image_size, image_size, 3)).
-    Files that cannot be decoded are left out and, when `warn`, listed in one warning at the end.
+    Files that cannot be decoded are left out and listed in one warning at the end.
     """
     broken = []
 
@@ -380,7 +385,7 @@ def _image_batches(paths, image_size, warn=True):
         ),
     )
     yield from dataset.batch(BATCH_SIZE).prefetch(tf.data.AUTOTUNE)
-    if broken and warn:
+    if broken:
         warnings.warn(f"Skipped {len(broken)} file(s) that are not decodable images:\n  " + "\n  ".join(broken))
 
 
