@@ -1,7 +1,5 @@
 """Contract tests for classification.train_classifier and classification.classify."""
 
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -73,6 +71,20 @@ def test_fast_train_is_deterministic(train_set):
     for first_weights, second_weights in zip(first.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(first_weights, second_weights)
     assert classification.classify(first, folder) == classification.classify(second, folder)
+
+
+def test_training_leaves_the_backbone_batch_normalization_as_imagenet_made_it(train_set):
+    train_gt, folder = train_set
+    model = classification.train_classifier(train_gt, folder, fast_train=True)
+    backbone = next(layer for layer in model.layers if layer.name.startswith("mobilenetv2"))
+    imagenet = keras.applications.MobileNetV2(
+        input_shape=backbone.input_shape[1:], include_top=False, weights="imagenet"
+    )
+    normalizations = [layer for layer in imagenet.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert normalizations
+    for layer in normalizations:
+        for trained, original in zip(backbone.get_layer(layer.name).get_weights(), layer.get_weights(), strict=True):
+            np.testing.assert_array_equal(trained, original, err_msg=layer.name)
 
 
 def test_train_gt_naming_missing_files_lists_them_all(train_set):
