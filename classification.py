@@ -104,8 +104,8 @@ class _TrainingConfig:
 
 
 # 24 fine-tuning epochs: in 3-fold cross-validation on the training images, 32 epochs beat 16 (0.922
-# vs 0.909 validation accuracy, two seeds each); at about 40 s per epoch here, 24 is what fits
-# the 30-minute budget of the whole call with margin.
+# vs 0.909 validation accuracy, two seeds each); at 25-45 s per epoch here, 24 keep the whole call
+# near 20 minutes, inside its 30-minute budget with room for a slower machine.
 _FULL_TRAINING = _TrainingConfig(views=8, head_epochs=4, fine_tune_epochs=24, max_images=None, run_eagerly=False)
 # One batch of images, one epoch per phase: well under 30 s on 2 cores, the ImageNet weights'
 # loading included.
