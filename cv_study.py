@@ -206,7 +206,7 @@ def main():
 
     features = keras.Input(shape)
     head = make_head(num_classes, 0)
-    trainer = keras.Model(features, head(upper(features, training=False)))
+    trainer = keras.Model(features, head(upper(features)))
     head_vars = set(id(v) for v in head.trainable_variables)
     is_head = [id(v) in head_vars for v in trainer.trainable_variables]
     init_upper = [v.value for v in upper.weights]
