@@ -133,7 +133,7 @@ def build_backbone():
     scaled = layers.Rescaling(1 / 127.5, offset=-1)(pixels)
     split = backbone.get_layer(SPLIT).output
     lower_core = keras.Model(backbone.inputs, split)
-    lower = keras.Model(pixels, lower_core(scaled, training=False))
+    lower = keras.Model(pixels, lower_core(scaled))
     upper = keras.Model(split, backbone.output)
     return lower, upper
 

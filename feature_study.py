@@ -60,6 +60,8 @@ def main():
         ),
         "second order of block_16_project (320 x 320)": lambda view: _second_order(project[view], signed_root=False),
     }
+    # Fitted once on every image, validation folds included: it sees no labels, and refitting it per
+    # fold would only cost time.
     pca = PCA(PCA_CHANNELS, random_state=classification.SEED).fit(project[0].reshape(-1, project.shape[-1]))
     poolings[f"second order of block_16_project, PCA to {PCA_CHANNELS} channels"] = lambda view: _second_order(
         pca.transform(project[view].reshape(-1, project.shape[-1])).reshape(*project.shape[1:4], PCA_CHANNELS),
