@@ -9,6 +9,7 @@ The public test is for reporting only; every setting was chosen on the validatio
 """
 
 import argparse
+import dataclasses
 import os
 import resource
 import time
@@ -21,22 +22,22 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "share
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=classification.SEED, help="replaces classification.SEED")
+    parser.add_argument("--seed", type=int, default=classification.RECIPE.seed, help="the recipe's seed")
     parser.add_argument("--save", metavar="PATH", help="also save the trained model here (.hdf5)")
     parser.add_argument("--data", default=DATA_DIR, help="folder in the checker's layout (default: %(default)s)")
     args = parser.parse_args()
 
-    classification.SEED = args.seed
+    recipe = dataclasses.replace(classification.RECIPE, seed=args.seed)
     train_dir = os.path.join(args.data, "00_input", "train")
     test_dir = os.path.join(args.data, "00_input", "test", "images")
     train_gt = run.read_gt(os.path.join(train_dir, "gt.csv"))
     expected = run.read_gt(os.path.join(args.data, "00_gt", "gt.csv"))
 
     start = time.time()
-    model = classification.train_classifier(train_gt, os.path.join(train_dir, "images"), fast_train=False)
+    model = classification.train(train_gt, os.path.join(train_dir, "images"), recipe)
     train_minutes = (time.time() - start) / 60
     if args.save:
-        model.save(args.save)
+        classification.save_model(model, args.save)
     start = time.time()
     predicted = classification.classify(model, test_dir)
     images_per_second = len(predicted) / (time.time() - start)

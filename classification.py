@@ -7,43 +7,50 @@ The checker's contract:
 
 `train_gt` maps image file names (relative to `train_img_dir`) to class ids (non-negative ints).
 
+It runs unchanged on Keras 2.15 (TensorFlow 2.15) and on Keras 3 with the TensorFlow or the JAX
+backend: it uses only the Keras APIs that all of them share, and NumPy and Pillow for the images.
+`save_model` writes one HDF5 file that all of them open with plain `keras.models.load_model`.
+
 How training spends a 2-core CPU. Back-propagating through all of MobileNetV2 runs at about
 6 img/s here, while its lower blocks alone run forward at 25-35 img/s. So the lower blocks
-(up to `SPLIT_LAYER`) stay frozen and are run once per augmented view of every training image;
-their activations are cached in memory (float16), and the upper blocks plus the head are
+(up to `Recipe.split_layer`) stay frozen and are run once per augmented view of every training
+image; their activations are cached in memory (float16), and the upper blocks plus the head are
 trained for many epochs on those cached tensors, each epoch drawing one random view per image:
 
-    1. the head only, the whole backbone frozen (`HEAD_LEARNING_RATE`);
+    1. the head only, the whole backbone frozen (`Recipe.head_learning_rate`);
     2. the upper blocks unfrozen, their BatchNormalization still in inference mode, with a
-       smaller, cosine-decayed learning rate (`FINE_TUNE_LEARNING_RATE`), keeping the weights
-       of the epoch with the best accuracy on a stratified validation split (in memory, never
-       on disk).
+       smaller, cosine-decayed learning rate (`Recipe.fine_tune_learning_rate`), keeping the
+       weights of the epoch with the best accuracy on a stratified validation split (in memory,
+       never on disk).
 
-`_FULL_TRAINING` sets the epochs and views; `fast_train=True` (`_FAST_TRAINING`) runs the same
-code on one batch of images for one epoch per phase, to prove that training runs.
+Every setting of the recipe is a field of one immutable `Recipe`: `RECIPE` is the full recipe
+that made `birds_model.hdf5`, `FAST_RECIPE` the same code on one batch of images for one epoch
+per phase, to prove that training runs. A variant is `dataclasses.replace(RECIPE, ...)`, passed
+to `train`.
 
-The returned model takes raw RGB pixels (0..255, `IMAGE_SIZE` square): rescaling and the
-augmentation layers are part of it, so a saved `.hdf5` is self-contained.
+The returned model takes raw RGB pixels (0..255, `IMAGE_SIZE` square): rescaling is a layer
+inside it, so a saved `.hdf5` is self-contained.
 
 Re-create the committed model (see README.md):
 
     python run.py --train ../shared/birds/00_input/train birds_model.hdf5
 """
 
+import collections
 import collections.abc
+import concurrent.futures
 import dataclasses
+import json
 import math
 import os
+import typing
 import warnings
 
+import h5py
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-# One seed drives the validation split, the augmentation, the shuffles and the initial weights.
-SEED = 1234
 
 # Side of the square the network sees: the size the ImageNet weights were trained at. Larger
 # inputs cost 1.6-2x the time and measured no better on the training data: frozen features gave
@@ -58,58 +65,61 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # BatchNormalization statistics in the head.
 BATCH_SIZE = 32
 
-# Last layer of the frozen lower part: the stem and blocks 0-5 (the 1/2, 1/4 and 1/8 resolution
-# stages), where most of the forward time goes on a CPU; their generic edge and texture filters
-# need no fine-tuning. Blocks 6-16 and the final 1x1 convolution are fine-tuned: 0.893 validation
-# accuracy after 12 epochs, against 0.873-0.887 for blocks 13-16 only (both measured before the
-# fix in `_freeze_batch_normalization`), for about 20 s more per epoch. No skip connection
-# crosses this point, so its output is all the upper part needs.
-SPLIT_LAYER = "block_5_add"
-
-# 3 of 30 images per class: enough to pick the best epoch, few enough to keep training data.
-VALIDATION_FRACTION = 0.1
-
-# Width of the hidden Dense layer of the head, and the dropout after it.
-HIDDEN_UNITS = 256
-DROPOUT_RATE = 0.3
-
-# Label smoothing regularises a 50-way softmax trained on 27 images per class.
-LABEL_SMOOTHING = 0.1
-
-HEAD_LEARNING_RATE = 1e-3
-# Ten times smaller than the head's, so the pretrained filters are adapted, not overwritten.
-FINE_TUNE_LEARNING_RATE = 1e-4
-# Decoupled weight decay keeps the fine-tuned filters near their ImageNet values.
-WEIGHT_DECAY = 1e-4
-
-# Augmentation of the cached views. Bird photos are framed loosely and never upside down:
-# horizontal flips, crops (zoom in) and shifts, a little rotation and contrast change.
-ZOOM_FACTOR = (-0.3, 0.0)
-TRANSLATION_FACTOR = 0.1
-ROTATION_FACTOR = 0.03
-CONTRAST_FACTOR = 0.2
+# Threads that decode (and augment) images while the model runs: Pillow releases the GIL while
+# it decodes and resamples, so two keep up with the model on 2 cores.
+DECODE_THREADS = 2
+# Batches decoded ahead of the model: enough to hide a slow file, few enough that memory stays
+# flat in the number of images.
+PREFETCH_BATCHES = 4
 
 
 @dataclasses.dataclass(frozen=True)
-class _TrainingConfig:
-    """How much work training does; `fast_train` only shrinks these numbers."""
+class Recipe:
+    """Every setting of training. `RECIPE` is the full recipe; change a copy, never the module."""
 
-    views: int  # augmented views cached per training image (the first is the plain image)
-    head_epochs: int
-    fine_tune_epochs: int
-    max_images: int | None  # a random subset of train_gt of at most this size; None: all of it
-    # Tracing the training graph of blocks 6-16 takes about 30 s on 2 cores: worth it over hundreds
-    # of steps, not over the two steps of fast training, which eager execution runs in seconds.
-    run_eagerly: bool
+    # One seed drives the validation split, the augmented views, the shuffles and the initial weights.
+    seed: int = 1234
+    # Augmented views cached per training image (the first is the plain image).
+    views: int = 8
+    head_epochs: int = 4
+    # 32 fine-tuning epochs: in 3-fold cross-validation on the training images, 32 epochs beat 16
+    # (0.922 vs 0.909 validation accuracy, two seeds each).
+    fine_tune_epochs: int = 32
+    # A random subset of train_gt of at most this size; None: all of it.
+    max_images: typing.Optional[int] = None
+    # Last layer of the frozen lower part: the stem and blocks 0-5 (the 1/2, 1/4 and 1/8
+    # resolution stages), where most of the forward time goes on a CPU; their generic edge and
+    # texture filters need no fine-tuning. Blocks 6-16 and the final 1x1 convolution are
+    # fine-tuned: 0.893 validation accuracy after 12 epochs, against 0.873-0.887 for blocks 13-16
+    # only, for about 20 s more per epoch. No skip connection crosses this point, so its output
+    # is all the upper part needs.
+    split_layer: str = "block_5_add"
+    # 3 of 30 images per class: enough to pick the best epoch, few enough to keep training data.
+    validation_fraction: float = 0.1
+    # Width of the hidden Dense layer of the head, and the dropout after it.
+    hidden_units: int = 256
+    dropout_rate: float = 0.3
+    # Label smoothing regularises a 50-way softmax trained on 27 images per class.
+    label_smoothing: float = 0.1
+    head_learning_rate: float = 1e-3
+    # Ten times smaller than the head's, so the pretrained filters are adapted, not overwritten.
+    fine_tune_learning_rate: float = 1e-4
+    # Decoupled weight decay keeps the fine-tuned filters near their ImageNet values.
+    weight_decay: float = 1e-4
+    # Augmentation. Bird photos are framed loosely and never upside down: horizontal flips, a
+    # crop of 70-100 % of the side (zoom in), shifts of up to 10 % of the side, rotations of up
+    # to 0.03 turns (11 degrees), contrast scaled by 0.8-1.2.
+    zoom_range: typing.Tuple[float, float] = (0.7, 1.0)
+    translation_factor: float = 0.1
+    rotation_factor: float = 0.03
+    contrast_factor: float = 0.2
 
 
-# 32 fine-tuning epochs: in 3-fold cross-validation on the training images, 32 epochs beat 16 (0.922
-# vs 0.909 validation accuracy, two seeds each). At 25-45 s per epoch here the whole call takes
-# about 24 minutes, inside its 30-minute budget.
-_FULL_TRAINING = _TrainingConfig(views=8, head_epochs=4, fine_tune_epochs=32, max_images=None, run_eagerly=False)
-# One batch of images, one epoch per phase: well under 30 s on 2 cores, the ImageNet weights'
-# loading included.
-_FAST_TRAINING = _TrainingConfig(views=1, head_epochs=1, fine_tune_epochs=1, max_images=BATCH_SIZE, run_eagerly=True)
+RECIPE = Recipe()
+# One batch of images, one epoch per phase: 6-16 s on 2 cores, the ImageNet weights' loading
+# and the compilation of the training steps included. (Eager execution would save 4 s under
+# TensorFlow but cost 10 s under JAX.)
+FAST_RECIPE = dataclasses.replace(RECIPE, views=1, head_epochs=1, fine_tune_epochs=1, max_images=BATCH_SIZE)
 
 
 def train_classifier(train_gt, train_img_dir, fast_train=True):
@@ -119,28 +129,37 @@ def train_classifier(train_gt, train_img_dir, fast_train=True):
         train_gt: mapping of image file name (relative to `train_img_dir`) to class id, a
             non-negative integer; the model gets N = largest id + 1 outputs.
         train_img_dir: folder holding the training images.
-        fast_train: when True, a few images and one epoch per phase, to prove that training
-            runs; when False, the full recipe that made `birds_model.hdf5`.
+        fast_train: when True, a few images and one epoch per phase (`FAST_RECIPE`), to prove
+            that training runs; when False, the full recipe that made `birds_model.hdf5`.
 
     Returns:
         A `keras.Model` mapping raw RGB pixels, shape (batch, IMAGE_SIZE, IMAGE_SIZE, 3), to
         class probabilities, shape (batch, N). Nothing is written to disk.
     """
+    return train(train_gt, train_img_dir, FAST_RECIPE if fast_train else RECIPE)
+
+
+def train(train_gt, train_img_dir, recipe=RECIPE):
+    """`train_classifier` with any `Recipe`: what studies and benchmarks call with a changed copy."""
     names, labels = _validated_training_set(train_gt, train_img_dir)
-    config = _FAST_TRAINING if fast_train else _FULL_TRAINING
-    keras.utils.set_random_seed(SEED)
-    rng = np.random.default_rng(SEED)
+    keras.utils.set_random_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
     num_classes = int(labels.max()) + 1
 
-    if config.max_images is not None:
-        subset = np.sort(rng.permutation(len(names))[: config.max_images])
+    if recipe.max_images is not None:
+        subset = np.sort(rng.permutation(len(names))[: recipe.max_images])
         names, labels = names[subset], labels[subset]
-    train_index, validation_index = _stratified_split(labels, VALIDATION_FRACTION, rng)
+    train_index, validation_index = _stratified_split(labels, recipe.validation_fraction, rng)
     paths = [os.path.join(train_img_dir, name) for name in names]
 
-    model, parts = _build_model(num_classes, IMAGE_SIZE, weights="imagenet")
-    train_views, train_decoded = _cached_views(parts, [paths[i] for i in train_index], config.views, "train")
-    validation_views, validation_decoded = _cached_views(parts, [paths[i] for i in validation_index], 1, "validation")
+    model, head_layers = _build_model(num_classes, IMAGE_SIZE, recipe, weights="imagenet")
+    lower = keras.Model(model.inputs, model.get_layer(recipe.split_layer).output, name="lower")
+    train_paths = [paths[i] for i in train_index]
+    train_views, train_decoded = _cached_views(lower, train_paths, recipe, rng, "train")
+    validation_paths = [paths[i] for i in validation_index]
+    validation_views, validation_decoded = _cached_views(
+        lower, validation_paths, dataclasses.replace(recipe, views=1), rng, "validation"
+    )
     if not train_decoded.any():
         raise ValueError(f"None of the {len(train_index)} training images in {train_img_dir!r} could be decoded.")
     # One-hot targets, because label smoothing needs them.
@@ -150,21 +169,22 @@ def train_classifier(train_gt, train_img_dir, fast_train=True):
 
     # The upper blocks with the head on top, sharing their layers with `model`: the model that
     # training updates.
-    features = keras.Input(parts.upper.input_shape[1:])
-    trainer = keras.Model(features, parts.head(parts.upper(features)), name="trainer")
-    parts.upper.trainable = False
-    head_optimizer = keras.optimizers.Adam(HEAD_LEARNING_RATE)
-    _fit(trainer, train_data, validation_data, config.head_epochs, head_optimizer, config.run_eagerly)
+    trainer = _model_after(model, recipe.split_layer)
+    upper_backbone = [layer for layer in trainer.layers if layer not in head_layers]
+    for layer in upper_backbone:
+        layer.trainable = False
+    head_optimizer = keras.optimizers.Adam(recipe.head_learning_rate)
+    _fit(trainer, train_data, validation_data, recipe.head_epochs, head_optimizer, recipe)
 
-    parts.upper.trainable = True
-    # Setting `trainable` on a model sets it on every layer inside, BatchNormalization included.
-    _freeze_batch_normalization(parts.upper)
-    fine_tune_steps = config.fine_tune_epochs * len(train_data)
-    schedule = keras.optimizers.schedules.CosineDecay(FINE_TUNE_LEARNING_RATE, fine_tune_steps)
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=WEIGHT_DECAY)
-    _fit(trainer, train_data, validation_data, config.fine_tune_epochs, optimizer, config.run_eagerly)
+    for layer in upper_backbone:
+        layer.trainable = True
+    _freeze_batch_normalization(upper_backbone)
+    fine_tune_steps = recipe.fine_tune_epochs * len(train_data)
+    schedule = keras.optimizers.schedules.CosineDecay(recipe.fine_tune_learning_rate, fine_tune_steps)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay)
+    _fit(trainer, train_data, validation_data, recipe.fine_tune_epochs, optimizer, recipe)
 
-    _compile(model, keras.optimizers.Adam(FINE_TUNE_LEARNING_RATE))
+    _compile(model, keras.optimizers.Adam(recipe.fine_tune_learning_rate), recipe)
     return model
 
 
@@ -173,7 +193,7 @@ def classify(model, test_img_dir):
 
     Image files are those with an extension in IMAGE_EXTENSIONS (any letter case); other files
     and subfolders are ignored. Files that cannot be decoded are skipped with one warning that
-    lists them all. The images are decoded and resized on a background thread while the model
+    lists them all. The images are decoded and resized on background threads while the model
     runs, `BATCH_SIZE` at a time.
     """
     if not os.path.isdir(test_img_dir):
@@ -188,11 +208,53 @@ def classify(model, test_img_dir):
     labels = {}
     progress = keras.utils.Progbar(len(paths), unit_name="image")
     for indices, images in _image_batches(paths, image_size):
-        probabilities = model.predict_on_batch(images)
-        for index, label in zip(indices.numpy(), np.argmax(probabilities, axis=-1)):
+        probabilities = np.asarray(model.predict_on_batch(images.astype("float32")))
+        for index, label in zip(indices, np.argmax(probabilities, axis=-1)):
             labels[names[index]] = int(label)
         progress.add(len(indices))
     return labels
+
+
+def save_model(model, path):
+    """Save `model` as one HDF5 file that Keras 2.15 and Keras 3 (any backend) open with plain
+    `keras.models.load_model`, giving the same probabilities.
+
+    HDF5, because the checker opens the file with `load_model` and Keras 2 reads no other format
+    that Keras 3 writes. Each version saves its own dialect of the configuration; `_portable_layer`
+    rewrites the few keys where they differ to the Keras 2 spelling, which both read. The optimizer
+    is left out: the file is for predicting, and optimizer configurations do not cross versions.
+    """
+    model.save(path, include_optimizer=False)
+    with h5py.File(path, "r+") as file:
+        config = json.loads(file.attrs["model_config"])
+        config["config"]["layers"] = [_portable_layer(layer) for layer in config["config"]["layers"]]
+        file.attrs["model_config"] = json.dumps(config)
+
+
+def _portable_layer(layer):
+    """The configuration of one layer of a functional model, in the spelling all versions read.
+
+    Keras 3 writes `batch_shape`, dtype policies as objects, and inbound nodes as call arguments;
+    Keras 2 reads only `batch_input_shape`, dtype names and [layer, node, tensor, kwargs] lists.
+    Keras 2 writes `groups` for DepthwiseConv2D, which Keras 3 refuses.
+    """
+    config = dict(layer["config"])
+    if "batch_shape" in config:
+        config["batch_input_shape"] = config.pop("batch_shape")
+    if isinstance(config.get("dtype"), dict):
+        config["dtype"] = config["dtype"]["config"]["name"]
+    if layer["class_name"] == "DepthwiseConv2D":
+        config.pop("groups", None)
+    return dict(layer, config=config, inbound_nodes=[_keras2_node(node) for node in layer["inbound_nodes"]])
+
+
+def _keras2_node(node):
+    """One inbound node as Keras 2 writes it: a list of [layer name, node index, tensor index, {}]."""
+    if isinstance(node, list):
+        return node
+    (inputs,) = node["args"]
+    tensors = inputs if isinstance(inputs, list) else [inputs]
+    return [list(tensor["config"]["keras_history"]) + [{}] for tensor in tensors]
 
 
 def _validated_training_set(train_gt, train_img_dir):
@@ -239,106 +301,100 @@ def _stratified_split(labels, fraction, rng):
         held_out = max(1, round(fraction * len(members))) if len(members) > 1 else 0
         validation.extend(members[:held_out])
         train.extend(members[held_out:])
-    return np.sort(train), np.sort(validation)
+    return np.sort(np.array(train, int)), np.sort(np.array(validation, int))
 
 
-@dataclasses.dataclass
-class _ModelParts:
-    """Layers of the one model, grouped the way training uses them (they share weights)."""
+def _build_model(num_classes, image_size, recipe, weights):
+    """The deployable model (raw pixels -> probabilities) and the layers of its head.
 
-    augmentation: keras.Sequential
-    lower: keras.Model  # raw pixels -> activations of SPLIT_LAYER, frozen
-    upper: keras.Model  # activations of SPLIT_LAYER -> backbone features, fine-tuned
-    head: keras.Sequential
-
-
-def _build_model(num_classes, image_size, weights):
-    """The deployable model (raw pixels -> probabilities) and its parts for training."""
-    augmentation = keras.Sequential(
-        [
-            layers.RandomFlip("horizontal"),
-            layers.RandomZoom(ZOOM_FACTOR, fill_mode="reflect"),
-            layers.RandomTranslation(TRANSLATION_FACTOR, TRANSLATION_FACTOR, fill_mode="reflect"),
-            layers.RandomRotation(ROTATION_FACTOR, fill_mode="reflect"),
-            layers.RandomContrast(CONTRAST_FACTOR),
-        ],
-        name="augmentation",
-    )
-    backbone = keras.applications.MobileNetV2(
-        input_shape=(image_size, image_size, 3), include_top=False, weights=weights
-    )
-    _freeze_batch_normalization(backbone)
-    head = keras.Sequential(
-        [
-            layers.GlobalAveragePooling2D(),
-            # BatchNormalization before the activation makes the bias redundant.
-            layers.Dense(HIDDEN_UNITS, use_bias=False),
-            layers.BatchNormalization(),
-            layers.Activation("relu"),
-            layers.Dropout(DROPOUT_RATE),
-            layers.Dense(num_classes, activation="softmax"),
-        ],
-        name="head",
-    )
+    One flat graph, the backbone's layers inline rather than a nested model: Keras 2 and Keras 3
+    save nested models in ways the other cannot read, flat ones in ways both can."""
     pixels = keras.Input((image_size, image_size, 3), name="rgb_pixels")
     # MobileNetV2 expects inputs in [-1, 1].
-    rescaling = layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")
-    probabilities = head(backbone(rescaling(augmentation(pixels))))
-    model = keras.Model(pixels, probabilities, name="birds_mobilenetv2")
+    scaled = layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")(pixels)
+    backbone = keras.applications.MobileNetV2(
+        input_tensor=scaled, input_shape=(image_size, image_size, 3), include_top=False, weights=weights
+    )
+    _freeze_batch_normalization(backbone.layers)
+    head_layers = [
+        layers.GlobalAveragePooling2D(name="head_pooling"),
+        # BatchNormalization before the activation makes the bias redundant.
+        layers.Dense(recipe.hidden_units, use_bias=False, name="head_dense"),
+        layers.BatchNormalization(name="head_normalization"),
+        layers.Activation("relu", name="head_relu"),
+        layers.Dropout(recipe.dropout_rate, name="head_dropout"),
+        layers.Dense(num_classes, activation="softmax", name="probabilities"),
+    ]
+    features = backbone.output
+    for layer in head_layers:
+        features = layer(features)
+    return keras.Model(pixels, features, name="birds_mobilenetv2"), head_layers
 
-    split = backbone.get_layer(SPLIT_LAYER).output
-    lower = keras.Model(pixels, keras.Model(backbone.inputs, split)(rescaling(pixels)), name="lower")
-    upper = keras.Model(split, backbone.output, name="upper")
-    lower.trainable = False
-    return model, _ModelParts(augmentation, lower, upper, head)
+
+def _model_after(model, layer_name):
+    """A model from the output of `layer_name` to the output of `model`, sharing its layers.
+
+    Keras 2 cannot start a model at an inner tensor, so the layers after `layer_name` are called
+    again, in their topological order, on a new input of the same shape."""
+    start = model.get_layer(layer_name)
+    features = keras.Input(tuple(start.output.shape[1:]), name=f"{layer_name}_features")
+    # Inputs and outputs of the original graph, read before any layer gets a second call.
+    later = model.layers[model.layers.index(start) + 1 :]
+    wiring = [(layer, layer.input, layer.output) for layer in later]
+    new_tensors = {id(start.output): features}
+    for layer, inputs, output in wiring:
+        if isinstance(inputs, list):
+            new_tensors[id(output)] = layer([new_tensors[id(tensor)] for tensor in inputs])
+        else:
+            new_tensors[id(output)] = layer(new_tensors[id(inputs)])
+    return keras.Model(features, new_tensors[id(model.output)], name="trainer")
 
 
-def _freeze_batch_normalization(model):
-    """Keep the BatchNormalization layers of `model` in inference mode, training or not.
+def _freeze_batch_normalization(model_layers):
+    """Keep these BatchNormalization layers in inference mode, training or not.
 
     Their ImageNet statistics are better than those of 32-image batches of birds. Calling the
     backbone with `training=False` does not do it in Keras 3: a functional model passes fit()'s
-    training=True down into the models nested in it. A non-trainable BatchNormalization always
+    training=True down to the layers inside. A non-trainable BatchNormalization always
     normalises with its moving statistics, and fit() leaves them as they are. Before this fix
     the fine-tuning phase ran them in training mode: cross-validated accuracy 0.842, after it
     0.909 (see README)."""
-    for layer in model.layers:
+    for layer in model_layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
 
 
-def _cached_views(parts, paths, views, subset):
+def _cached_views(lower, paths, recipe, rng, subset):
     """Run the frozen lower part once per view of every image.
 
     Returns float16 activations of shape (views, images, height, width, channels), and a boolean
     array that says which images decoded (the others are skipped with a warning and stay zero).
-    View 0 is the plain image, the others pass through the augmentation layers."""
-    height, width, channels = parts.lower.output_shape[1:]
-    cache = np.zeros((views, len(paths), height, width, channels), np.float16)
-    lower = tf.function(lambda images: parts.lower(images, training=False))
-    augment = tf.function(lambda images: parts.augmentation(images, training=True))
-    print(f"Caching {views} view(s) of {len(paths)} {subset} images at {SPLIT_LAYER}")
+    View 0 is the plain image, the others are random augmented views (`_augmented`)."""
+    height, width, channels = lower.output_shape[1:]
+    cache = np.zeros((recipe.views, len(paths), height, width, channels), np.float16)
+    print(f"Caching {recipe.views} view(s) of {len(paths)} {subset} images at {recipe.split_layer}")
     decoded = np.zeros(len(paths), bool)
-    progress = keras.utils.Progbar(views * len(paths), unit_name="image")
+    progress = keras.utils.Progbar(recipe.views * len(paths), unit_name="image")
     # View 0 decodes every path; later views read only the images that decoded, so a broken
     # file is tried, and reported, once.
     readable = np.arange(len(paths))
-    for view in range(views):
-        for indices, images in _image_batches([paths[i] for i in readable], parts.lower.input_shape[1]):
-            images = tf.cast(images, "float32")
-            if view > 0:
-                images = augment(images)
-            cached = readable[indices.numpy()]
-            cache[view, cached] = lower(images).numpy()
+    for view in range(recipe.views):
+        augmentation = None if view == 0 else (recipe, int(rng.integers(2**31)))
+        for indices, images in _image_batches([paths[i] for i in readable], lower.input_shape[1], augmentation):
+            cached = readable[indices]
+            cache[view, cached] = np.asarray(lower.predict_on_batch(images.astype("float32")))
             decoded[cached] = True
             progress.add(len(indices))
         readable = np.flatnonzero(decoded)
     return cache, decoded
 
 
-class _CachedViews(keras.utils.PyDataset):
+class _CachedViews(keras.utils.Sequence):
     """Batches of cached activations of the images that decoded, with their targets; each epoch
-    shuffles (when given `rng`) and draws one random view of each image."""
+    shuffles (when given `rng`) and draws one random view of each image.
+
+    `keras.utils.Sequence` is the one batch source that Keras 2 and every Keras 3 backend share
+    (Keras 3 calls it PyDataset)."""
 
     def __init__(self, views, targets, decoded, batch_size, rng=None):
         super().__init__()
@@ -360,53 +416,117 @@ class _CachedViews(keras.utils.PyDataset):
             self.view_of = self.rng.integers(len(self.views), size=len(self.targets))
 
 
-def _compile(model, optimizer, run_eagerly=False):
+class _KeepBestEpoch(keras.callbacks.Callback):
+    """Restore, when training ends, the weights of the epoch with the best validation accuracy.
+
+    Keras' EarlyStopping(restore_best_weights=True) restores them only if it stops training
+    early in Keras 2, and always in Keras 3; this does the same in both."""
+
+    def on_train_begin(self, logs=None):
+        self.best_accuracy, self.best_epoch, self.best_weights = -math.inf, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs["val_accuracy"] > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = logs["val_accuracy"], epoch
+            self.best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        self.model.set_weights(self.best_weights)
+        print(f"Kept the weights of epoch {self.best_epoch + 1}: validation accuracy {self.best_accuracy:.4f}")
+
+
+def _compile(model, optimizer, recipe):
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=["accuracy"],
-        run_eagerly=run_eagerly,
     )
 
 
-def _fit(model, train_data, validation_data, epochs, optimizer, run_eagerly):
+def _fit(model, train_data, validation_data, epochs, optimizer, recipe):
     """Train `model`, keeping (in memory) the weights of the epoch with the best validation
     accuracy; without validation images (every class has a single image) the last epoch's."""
-    _compile(model, optimizer, run_eagerly)
+    _compile(model, optimizer, recipe)
+    # The batches are shuffled by _CachedViews itself, the same way in every Keras version.
     if len(validation_data) == 0:
-        model.fit(train_data, epochs=epochs, verbose=2)
+        model.fit(train_data, epochs=epochs, shuffle=False, verbose=2)
         return
-    best_epoch = keras.callbacks.EarlyStopping(
-        monitor="val_accuracy", patience=epochs, restore_best_weights=True, verbose=1
+    model.fit(
+        train_data,
+        validation_data=validation_data,
+        epochs=epochs,
+        shuffle=False,
+        callbacks=[_KeepBestEpoch()],
+        verbose=2,
     )
-    model.fit(train_data, validation_data=validation_data, epochs=epochs, callbacks=[best_epoch], verbose=2)
 
 
-def _image_batches(paths, image_size):
-    """The one image pipeline: decode -> resize -> batch -> prefetch.
+def _image_batches(paths, image_size, augmentation=None):
+    """The one image pipeline: decode -> resize -> (augment) -> batch, on background threads.
 
-    Yields (indices into `paths`, uint8 images of shape (batch, image_size, image_size, 3)).
-    Files that cannot be decoded are left out and listed in one warning at the end.
+    Yields (indices into `paths`, uint8 images of shape (batch, image_size, image_size, 3)) in
+    the order of `paths`. `augmentation` is None or (recipe, seed): then every image is a random
+    view (`_augmented`), the same for the same seed whatever the threads do. Files that cannot
+    be decoded are left out and listed in one warning at the end.
     """
     broken = []
 
-    def decoded():
-        for index, path in enumerate(paths):
+    def decoded_batch(start):
+        indices, images = [], []
+        for index in range(start, min(start + BATCH_SIZE, len(paths))):
             try:
-                yield index, _load_image(path, image_size)
+                image = _load_image(paths[index], image_size)
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-                broken.append(f"{path} ({error})")
+                broken.append((index, f"{paths[index]} ({error})"))
+                continue
+            if augmentation is not None:
+                recipe, seed = augmentation
+                image = _augmented(image, recipe, np.random.default_rng([seed, index]))
+            indices.append(index)
+            images.append(image)
+        return np.array(indices, int), np.array(images, np.uint8).reshape(-1, image_size, image_size, 3)
 
-    dataset = tf.data.Dataset.from_generator(
-        decoded,
-        output_signature=(
-            tf.TensorSpec((), tf.int64),
-            tf.TensorSpec((image_size, image_size, 3), tf.uint8),
-        ),
-    )
-    yield from dataset.batch(BATCH_SIZE).prefetch(tf.data.AUTOTUNE)
+    with concurrent.futures.ThreadPoolExecutor(DECODE_THREADS) as pool:
+        pending = collections.deque()
+        for start in range(0, len(paths), BATCH_SIZE):
+            pending.append(pool.submit(decoded_batch, start))
+            if len(pending) > PREFETCH_BATCHES:
+                yield from _nonempty(pending.popleft().result())
+        while pending:
+            yield from _nonempty(pending.popleft().result())
     if broken:
-        warnings.warn(f"Skipped {len(broken)} file(s) that are not decodable images:\n  " + "\n  ".join(broken))
+        listed = "\n  ".join(message for _, message in sorted(broken))
+        warnings.warn(f"Skipped {len(broken)} file(s) that are not decodable images:\n  {listed}")
+
+
+def _nonempty(batch):
+    """The batch, unless every file in it was broken."""
+    return [batch] if len(batch[0]) else []
+
+
+def _augmented(image, recipe, rng):
+    """A random view of a square uint8 image, the same size: flip, zoom in, shift, rotate (one
+    affine resampling, with the borders filled by reflection) and contrast."""
+    size = image.shape[0]
+    # Reflected borders wide enough for the largest shift plus the corner of the largest rotation
+    # (22 + 30 px at 224), so that no view shows an empty corner.
+    margin = size // 4
+    padded = Image.fromarray(np.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode="reflect"))
+    flip = -1.0 if rng.random() < 0.5 else 1.0
+    zoom = rng.uniform(*recipe.zoom_range)
+    shift_x, shift_y = rng.uniform(-recipe.translation_factor, recipe.translation_factor, 2) * size
+    angle = rng.uniform(-recipe.rotation_factor, recipe.rotation_factor) * 2 * math.pi
+    contrast = rng.uniform(1 - recipe.contrast_factor, 1 + recipe.contrast_factor)
+    # Output pixel (x, y) samples the padded image at centre + shift + rotation(zoom * flip(x, y) - centre).
+    cos, sin = zoom * math.cos(angle), zoom * math.sin(angle)
+    a, b, d, e = flip * cos, -sin, flip * sin, cos
+    centre = size / 2
+    source_x, source_y = margin + centre + shift_x, margin + centre + shift_y
+    coefficients = (a, b, source_x - (a + b) * centre, d, e, source_y - (d + e) * centre)
+    view = padded.transform((size, size), Image.Transform.AFFINE, coefficients, resample=Image.Resampling.BILINEAR)
+    pixels = np.asarray(view, np.float32)
+    mean = pixels.mean(axis=(0, 1))
+    return np.clip((pixels - mean) * contrast + mean, 0, 255).astype(np.uint8)
 
 
 def _load_image(path, image_size):
@@ -416,7 +536,7 @@ def _load_image(path, image_size):
         image.draft("RGB", (image_size, image_size))
         image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)
-        return np.asarray(image.resize((image_size, image_size), Image.BILINEAR))
+        return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR))
 
 
 def _to_rgb(image):

@@ -62,7 +62,7 @@ def main():
     }
     # Fitted once on every image, validation folds included: it sees no labels, and refitting it per
     # fold would only cost time.
-    pca = PCA(PCA_CHANNELS, random_state=classification.SEED).fit(project[0].reshape(-1, project.shape[-1]))
+    pca = PCA(PCA_CHANNELS, random_state=classification.RECIPE.seed).fit(project[0].reshape(-1, project.shape[-1]))
     poolings[f"second order of block_16_project, PCA to {PCA_CHANNELS} channels"] = lambda view: _second_order(
         pca.transform(project[view].reshape(-1, project.shape[-1])).reshape(*project.shape[1:4], PCA_CHANNELS),
         signed_root=False,
@@ -85,7 +85,7 @@ def _features(paths):
     top, project = [[], []], [[], []]
     progress = keras.utils.Progbar(len(paths), unit_name="image")
     for indices, images in classification._image_batches(paths, classification.IMAGE_SIZE):
-        images = images.numpy().astype("float32") / 127.5 - 1
+        images = images.astype("float32") / 127.5 - 1
         for view, pixels in enumerate((images, images[:, :, ::-1])):
             top_activations, project_activations = extractor.predict_on_batch(pixels)
             top[view].append(top_activations.astype(np.float16))
@@ -108,7 +108,7 @@ def _second_order(activations, signed_root):
 def _cross_validated_accuracy(pooled, labels, strength):
     """Mean accuracy over FOLDS stratified folds; training on both views, predicting with their mean."""
     correct = 0
-    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=classification.SEED)
+    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=classification.RECIPE.seed)
     for train, validation in folds.split(pooled[0], labels):
         scaler = StandardScaler().fit(np.concatenate([view[train] for view in pooled]))
         regression = LogisticRegression(C=strength, max_iter=300)

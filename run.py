@@ -62,8 +62,7 @@ def train_and_save(train_dir, model_path):
     start = time.time()
     model = classification.train_classifier(train_gt, os.path.join(train_dir, "images"), fast_train=False)
     print(f"Trained in {time.time() - start:.0f} s")
-    # HDF5, because the checker opens the file with plain keras.models.load_model.
-    model.save(model_path)
+    classification.save_model(model, model_path)
     print(f"Saved {model_path}")
 
 

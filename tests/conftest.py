@@ -37,7 +37,7 @@ def write_images(folder, names, seed):
 def small_model():
     """The deployable model at a small input size with random weights."""
     keras.utils.set_random_seed(0)
-    model, _ = classification._build_model(NUM_CLASSES, SMALL_IMAGE_SIZE, weights=None)
+    model, _ = classification._build_model(NUM_CLASSES, SMALL_IMAGE_SIZE, classification.RECIPE, weights=None)
     return model
 
 
