@@ -87,6 +87,9 @@ class Recipe:
     fine_tune_epochs: int = 32
     # A random subset of train_gt of at most this size; None: all of it.
     max_images: typing.Optional[int] = None
+    # Keep, in each phase, the weights of the epoch with the best validation accuracy (True) or of
+    # the last epoch, where fine-tuning's cosine schedule has brought the learning rate to zero.
+    keep_best_epoch: bool = True
     # Last layer of the frozen lower part: the stem and blocks 0-5 (the 1/2, 1/4 and 1/8
     # resolution stages), where most of the forward time goes on a CPU; their generic edge and
     # texture filters need no fine-tuning. Blocks 6-16 and the final 1x1 convolution are
@@ -445,19 +448,15 @@ def _compile(model, optimizer, recipe):
 
 def _fit(model, train_data, validation_data, epochs, optimizer, recipe):
     """Train `model`, keeping (in memory) the weights of the epoch with the best validation
-    accuracy; without validation images (every class has a single image) the last epoch's."""
+    accuracy (if the recipe says so and there are validation images), else the last epoch's."""
     _compile(model, optimizer, recipe)
     # The batches are shuffled by _CachedViews itself, the same way in every Keras version.
     if len(validation_data) == 0:
         model.fit(train_data, epochs=epochs, shuffle=False, verbose=2)
         return
+    callbacks = [_KeepBestEpoch()] if recipe.keep_best_epoch else []
     model.fit(
-        train_data,
-        validation_data=validation_data,
-        epochs=epochs,
-        shuffle=False,
-        callbacks=[_KeepBestEpoch()],
-        verbose=2,
+        train_data, validation_data=validation_data, epochs=epochs, shuffle=False, callbacks=callbacks, verbose=2
     )
 
 

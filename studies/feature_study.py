@@ -6,10 +6,10 @@ stratified cross-validation of the training images (the public test is not read)
 for an image averages the probabilities of it and its mirror image.
 
     pip install scikit-learn        # the study only; the product does not need it
-    python feature_study.py [--data DIR] [--limit N]
+    python -m studies.feature_study [--data DIR] [--limit N]      # from the project folder
 
 Prints one line per pooling: 5-fold accuracy and seconds. About 1.5 min of features and 12 min of
-regressions on 2 CPU cores. It is not part of the product; its table is in README.md.
+regressions on 2 CPU cores. It is not part of the product; its table is in studies/README.md.
 """
 
 import argparse
@@ -26,7 +26,8 @@ from sklearn.preprocessing import StandardScaler
 import classification
 import run
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "birds")
+# The public data beside the project, in the checker's layout.
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "birds")
 FOLDS = 5
 # Inverse regularisation strengths; the best of the two is printed beside each pooling.
 REGULARIZATION = (0.003, 0.01)

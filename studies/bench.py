@@ -1,8 +1,8 @@
 """Benchmark the full recipe end to end on ../shared/birds: accuracy, wall time, peak memory.
 
-    python bench.py [--seed N] [--save PATH]
+    python -m studies.bench [--seed N] [--save PATH]      # from the project folder
 
-Trains with train_classifier(..., fast_train=False) on 00_input/train, labels the public test
+Trains with classification.train (the full recipe, with the seed given) on 00_input/train, labels the public test
 images with classify, and prints one Markdown table row:
 seed | public-test accuracy | training minutes | classify img/s | peak memory GiB.
 The public test is for reporting only; every setting was chosen on the validation split.
@@ -17,7 +17,8 @@ import time
 import classification
 import run
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "birds")
+# The public data beside the project, in the checker's layout.
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "birds")
 
 
 def main():

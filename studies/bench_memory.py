@@ -1,6 +1,6 @@
 """Peak memory of classify on a small and a large folder: streaming keeps it flat.
 
-    python bench_memory.py [--model birds_model.hdf5] [--image PATH] [--counts 64 10000]
+    python -m studies.bench_memory [--model birds_model.hdf5] [--image PATH] [--counts 64 10000]
 
 For each count, copies one image that many times into a temporary folder, then, in a fresh
 process, loads the model and classifies the folder, and prints the peak resident memory.
@@ -15,13 +15,13 @@ import sys
 import tempfile
 import time
 
-CODE_DIR = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_IMAGE = os.path.join(CODE_DIR, "..", "shared", "birds", "00_input", "test", "images", "0000.jpg")
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_IMAGE = os.path.join(PROJECT_DIR, "..", "shared", "birds", "00_input", "test", "images", "0000.jpg")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.path.join(CODE_DIR, "birds_model.hdf5"))
+    parser.add_argument("--model", default=os.path.join(PROJECT_DIR, "birds_model.hdf5"))
     parser.add_argument("--image", default=DEFAULT_IMAGE, help="the image to copy (default: %(default)s)")
     parser.add_argument("--counts", type=int, nargs="+", default=[64, 10000])
     parser.add_argument("--classify", metavar="FOLDER", help=argparse.SUPPRESS)
@@ -35,8 +35,9 @@ def main():
         with tempfile.TemporaryDirectory() as folder:
             for index in range(count):
                 shutil.copy(args.image, os.path.join(folder, f"{index:05d}.jpg"))
-            command = [sys.executable, __file__, "--model", args.model, "--classify", folder]
-            subprocess.run(command, check=True)
+            model = os.path.abspath(args.model)
+            command = [sys.executable, "-m", "studies.bench_memory", "--model", model, "--classify", folder]
+            subprocess.run(command, check=True, cwd=PROJECT_DIR)
 
 
 def _classify_and_report(model_path, folder):
