@@ -1,5 +1,7 @@
 """Contract tests for classification.train_classifier and classification.classify."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -125,3 +127,15 @@ def _all_layers(model):
         yield layer
         if isinstance(layer, keras.Model):
             yield from _all_layers(layer)
+
+
+def test_a_recipe_variant_is_a_changed_copy_that_train_uses(train_set):
+    train_gt, folder = train_set
+    recipes_before = (dataclasses.replace(classification.RECIPE), dataclasses.replace(classification.FAST_RECIPE))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        classification.RECIPE.seed += 1
+    other_seed = dataclasses.replace(classification.FAST_RECIPE, seed=classification.FAST_RECIPE.seed + 1)
+    default = classification.train_classifier(train_gt, folder, fast_train=True)
+    variant = classification.train(train_gt, folder, other_seed)
+    assert (classification.RECIPE, classification.FAST_RECIPE) == recipes_before
+    assert any((a != b).any() for a, b in zip(default.get_weights(), variant.get_weights()))
