@@ -91,6 +91,7 @@ class Recipe:
     run_eagerly: bool = False
     # Keep, in each phase, the weights of the epoch with the best validation accuracy (True) or of
     # the last epoch, where fine-tuning's cosine schedule has brought the learning rate to zero.
+    # The two measured the same in cross-validation (0.901 and 0.903, studies/README.md).
     keep_best_epoch: bool = True
     # Last layer of the frozen lower part: the stem and blocks 0-5 (the 1/2, 1/4 and 1/8
     # resolution stages), where most of the forward time goes on a CPU; their generic edge and
