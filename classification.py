@@ -65,6 +65,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # BatchNormalization statistics in the head.
 BATCH_SIZE = 32
 
+# File names that Keras 2 and Keras 3 both save and load as HDF5, the one format both read.
+HDF5_SUFFIXES = (".hdf5", ".h5")
+
 # Threads that decode (and augment) images while the model runs: Pillow releases the GIL while
 # it decodes and resamples, so two keep up with the model on 2 cores.
 DECODE_THREADS = 2
@@ -237,6 +240,8 @@ def save_model(model, path):
     rewrites the few keys where they differ to the Keras 2 spelling, which both read. The optimizer
     is left out: the file is for predicting, and optimizer configurations do not cross versions.
     """
+    if not str(path).endswith(HDF5_SUFFIXES):
+        raise ValueError(f"save_model writes HDF5: the path must end with {' or '.join(HDF5_SUFFIXES)}; got {path!r}")
     model.save(path, include_optimizer=False)
     with h5py.File(path, "r+") as file:
         config = json.loads(file.attrs["model_config"])

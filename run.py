@@ -128,6 +128,12 @@ def load_model(path):
         return keras.models.load_model(path)
     except (OSError, ValueError) as error:
         raise HarnessError(f"cannot load model {path!r}: {error}") from error
+    except TypeError as error:
+        # What one Keras version raises for a configuration key only the other writes.
+        raise HarnessError(
+            f"cannot load model {path!r} with Keras {keras.__version__}: {error} "
+            "(was it saved with classification.save_model, which writes a file every Keras opens?)"
+        ) from error
 
 
 def read_gt(path):

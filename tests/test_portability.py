@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import h5py
+import pytest
 from conftest import PROJECT_DIR
 
 import classification
+import run
 
 # The product's files, which the grading system imports; tests and studies may use newer Python.
 PRODUCT_FILES = ("classification.py", "run.py")
@@ -92,3 +94,21 @@ def _node_triples(nodes):
         else:
             triples.append([tuple(tensor[:3]) for tensor in node])
     return triples
+
+
+def test_save_model_refuses_a_path_that_is_not_hdf5(small_model, tmp_path):
+    with pytest.raises(ValueError, match=r"model\.keras"):
+        classification.save_model(small_model, str(tmp_path / "model.keras"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_this_keras_cannot_read_is_explained_by_the_harness(small_model, tmp_path):
+    path = str(tmp_path / "model.hdf5")
+    classification.save_model(small_model, path)
+    # A key that no Keras version knows, as an unconverted file from another version would carry.
+    with h5py.File(path, "r+") as file:
+        config = json.loads(file.attrs["model_config"])
+        config["config"]["layers"][1]["config"]["key_from_another_version"] = 1
+        file.attrs["model_config"] = json.dumps(config)
+    with pytest.raises(run.HarnessError, match="cannot load model"):
+        run.load_model(path)
