@@ -38,6 +38,7 @@ VARIANTS = {
     "recipe": {},
     "recipe, seed 7": {"seed": 7},
     "last epoch": {"keep_best_epoch": False},
+    "every image, last epoch": {"keep_best_epoch": False, "validation_fraction": 0.0},
     "16 fine-tuning epochs": {"fine_tune_epochs": 16},
     "16 views": {"views": 16},
     "fine-tuning learning rate 3e-4": {"fine_tune_learning_rate": 3e-4},
