@@ -469,13 +469,16 @@ def _fit(model, train_data, validation_data, epochs, optimizer, recipe):
     """Train `model`, keeping (in memory) the weights of the epoch with the best validation
     accuracy (if the recipe says so and there are validation images), else the last epoch's."""
     _compile(model, optimizer, recipe, recipe.run_eagerly)
+    has_validation = len(validation_data) > 0
+    callbacks = [_KeepBestEpoch()] if recipe.keep_best_epoch and has_validation else []
     # The batches are shuffled by _CachedViews itself, the same way in every Keras version.
-    if len(validation_data) == 0:
-        model.fit(train_data, epochs=epochs, shuffle=False, verbose=2)
-        return
-    callbacks = [_KeepBestEpoch()] if recipe.keep_best_epoch else []
     model.fit(
-        train_data, validation_data=validation_data, epochs=epochs, shuffle=False, callbacks=callbacks, verbose=2
+        train_data,
+        validation_data=validation_data if has_validation else None,
+        epochs=epochs,
+        shuffle=False,
+        callbacks=callbacks,
+        verbose=2,
     )
 
 
