@@ -7,6 +7,13 @@ The checker's contract:
 
 `train_gt` maps image file names (relative to `train_img_dir`) to class ids (non-negative ints).
 
+Beyond the checker's contract, for people with their own photos:
+
+    save_model(model, "my_model.hdf5", class_names={0: "Black_footed_Albatross", ...})
+    names = load_class_names("birds_model.hdf5")     # {} for a file saved without names
+    predict(model, "my_photos", top_k=5, class_names=names)
+        # {"IMG_1.jpg": [Prediction(name="Least_Auklet", class_id=7, probability=0.93), ...], ...}
+
 It runs unchanged on Keras 2.15 (TensorFlow 2.15) and on Keras 3 with the TensorFlow or the JAX
 backend: it uses only the Keras APIs that all of them share, and NumPy and Pillow for the images.
 `save_model` writes one HDF5 file that all of them open with plain `keras.models.load_model`.
@@ -67,6 +74,9 @@ BATCH_SIZE = 32
 
 # File names that Keras 2 and Keras 3 both save and load as HDF5, the one format both read.
 HDF5_SUFFIXES = (".hdf5", ".h5")
+# The HDF5 attribute of the model file that holds its species names, as JSON {"class id": name}.
+# Keras ignores attributes it does not know, so plain `keras.models.load_model` still opens the file.
+CLASS_NAMES_ATTRIBUTE = "class_names"
 
 # Threads that decode (and augment) images while the model runs: Pillow releases the GIL while
 # it decodes and resamples, so two keep up with the model on 2 cores.
@@ -127,6 +137,10 @@ class Recipe:
     contrast_factor: float = 0.2
 
 
+# One of the top-k answers of `predict`.
+Prediction = collections.namedtuple("Prediction", ["name", "class_id", "probability"])
+
+
 RECIPE = Recipe()
 # One batch of images, one epoch per phase: 3-16 s on 2 cores, the ImageNet weights' loading
 # included. Under TensorFlow eager execution runs its few steps in 3 s, where compiling them would
@@ -155,12 +169,33 @@ def train_classifier(train_gt, train_img_dir, fast_train=True):
         A `keras.Model` mapping raw RGB pixels, shape (batch, IMAGE_SIZE, IMAGE_SIZE, 3), to
         class probabilities, shape (batch, N). Nothing is written to disk.
     """
-    return train(train_gt, train_img_dir, FAST_RECIPE if fast_train else RECIPE)
+    model, _ = train(train_gt, train_img_dir, FAST_RECIPE if fast_train else RECIPE)
+    return model
 
 
-def train(train_gt, train_img_dir, recipe=RECIPE):
-    """`train_classifier` with any `Recipe`: what studies and benchmarks call with a changed copy."""
+def train(train_gt, train_img_dir, recipe=RECIPE, validation=None):
+    """`train_classifier` with any `Recipe`: what studies, benchmarks and `run.py --train` call.
+
+    Args:
+        train_gt, train_img_dir: as for `train_classifier`.
+        recipe: a `Recipe`; a variant is `dataclasses.replace(RECIPE, ...)`.
+        validation: None, or (gt mapping, image folder) of images kept apart from training,
+            scored after every epoch to show how training went; never used to choose weights, so
+            the model is the same with or without it. A recipe that holds out its own validation
+            split (`validation_fraction` > 0) scores that split instead and takes no `validation`.
+
+    Returns:
+        (model, history): the model as `train_classifier` returns it, and {"head": ..., "fine_tune":
+        ...}, one entry per phase: the per-epoch figures Keras reports ("loss", "accuracy", and
+        "val_loss", "val_accuracy" where there are validation images), and "kept_epoch", the
+        0-based epoch whose weights the phase ended with.
+    """
     names, labels = _validated_training_set(train_gt, train_img_dir)
+    if validation is not None and recipe.validation_fraction > 0:
+        raise ValueError(
+            f"validation images were given, but the recipe holds out its own validation split "
+            f"(validation_fraction={recipe.validation_fraction}); pass one or the other."
+        )
     keras.utils.set_random_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     num_classes = int(labels.max()) + 1
@@ -170,21 +205,29 @@ def train(train_gt, train_img_dir, recipe=RECIPE):
         names, labels = names[subset], labels[subset]
     train_index, validation_index = _stratified_split(labels, recipe.validation_fraction, rng)
     paths = [os.path.join(train_img_dir, name) for name in names]
+    validation_paths, validation_labels = [paths[i] for i in validation_index], labels[validation_index]
+    if validation is not None:
+        validation_paths, validation_labels = _validation_set(validation, num_classes)
 
     model, head_layers = _build_model(num_classes, IMAGE_SIZE, recipe, weights="imagenet")
     lower = keras.Model(model.inputs, model.get_layer(recipe.split_layer).output, name="lower")
     train_paths = [paths[i] for i in train_index]
     train_views, train_decoded = _cached_views(lower, train_paths, recipe, rng, "train")
-    validation_paths = [paths[i] for i in validation_index]
+    # One plain view; with views=1 no random number is drawn, so the training views, shuffles
+    # and weights are the same whatever the validation images.
     validation_views, validation_decoded = _cached_views(
         lower, validation_paths, dataclasses.replace(recipe, views=1), rng, "validation"
     )
     if not train_decoded.any():
         raise ValueError(f"None of the {len(train_index)} training images in {train_img_dir!r} could be decoded.")
     # One-hot targets, because label smoothing needs them.
-    targets = keras.utils.to_categorical(labels, num_classes)
-    train_data = _CachedViews(train_views, targets[train_index], train_decoded, BATCH_SIZE, rng)
-    validation_data = _CachedViews(validation_views, targets[validation_index], validation_decoded, BATCH_SIZE)
+    train_data = _CachedViews(
+        train_views, keras.utils.to_categorical(labels[train_index], num_classes), train_decoded, BATCH_SIZE, rng
+    )
+    validation_targets = keras.utils.to_categorical(validation_labels, num_classes)
+    validation_data = _CachedViews(validation_views, validation_targets, validation_decoded, BATCH_SIZE)
+    # Only the recipe's own split may choose the epoch to keep, never images the caller gave.
+    keep_best_epoch = recipe.keep_best_epoch and validation is None
 
     # The upper blocks with the head on top, sharing their layers with `model`: the model that
     # training updates.
@@ -193,7 +236,7 @@ def train(train_gt, train_img_dir, recipe=RECIPE):
     for layer in upper_backbone:
         layer.trainable = False
     head_optimizer = keras.optimizers.Adam(recipe.head_learning_rate)
-    _fit(trainer, train_data, validation_data, recipe.head_epochs, head_optimizer, recipe)
+    history = {"head": _fit(trainer, train_data, validation_data, recipe.head_epochs, head_optimizer, recipe, keep_best_epoch)}
 
     for layer in upper_backbone:
         layer.trainable = True
@@ -201,10 +244,12 @@ def train(train_gt, train_img_dir, recipe=RECIPE):
     fine_tune_steps = recipe.fine_tune_epochs * len(train_data)
     schedule = keras.optimizers.schedules.CosineDecay(recipe.fine_tune_learning_rate, fine_tune_steps)
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay)
-    _fit(trainer, train_data, validation_data, recipe.fine_tune_epochs, optimizer, recipe)
+    history["fine_tune"] = _fit(
+        trainer, train_data, validation_data, recipe.fine_tune_epochs, optimizer, recipe, keep_best_epoch
+    )
 
     _compile(model, keras.optimizers.Adam(recipe.fine_tune_learning_rate), recipe)
-    return model
+    return model, history
 
 
 def classify(model, test_img_dir):
@@ -215,28 +260,86 @@ def classify(model, test_img_dir):
     lists them all. The images are decoded and resized on background threads while the model
     runs, `BATCH_SIZE` at a time.
     """
-    if not os.path.isdir(test_img_dir):
-        raise FileNotFoundError(f"Test image folder not found: {test_img_dir!r} (expected a directory of images).")
-    names = sorted(
-        entry.name
-        for entry in os.scandir(test_img_dir)
-        if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-    )
+    names = image_files(test_img_dir)
+    decoded, probabilities = predict_probabilities(model, [os.path.join(test_img_dir, name) for name in names])
+    return {names[index]: int(label) for index, label in zip(decoded, np.argmax(probabilities, axis=-1))}
+
+
+def predict(model, images, top_k=5, class_names=None):
+    """The `top_k` most probable species of each image, most probable first.
+
+    Args:
+        model: a model from `train_classifier` or `keras.models.load_model`.
+        images: a folder (every image file in it, as `classify` finds them) or a list of image
+            file paths.
+        top_k: how many answers per image (at most the number of classes).
+        class_names: {class id: name}, such as `load_class_names(model_path)`; ids it lacks are
+            named "class N".
+
+    Returns:
+        {file: [Prediction(name, class_id, probability), ...]}, keyed by file name for a folder
+        and by the path as given for a list, in that order. Files that cannot be decoded are
+        left out, with one warning that lists them.
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer; got {top_k!r}")
+    if isinstance(images, (str, os.PathLike)):
+        keys = image_files(images)
+        paths = [os.path.join(images, name) for name in keys]
+    else:
+        keys = paths = [os.fspath(path) for path in images]
+        missing = [path for path in paths if not os.path.isfile(path)]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} image file(s) not found: {', '.join(missing)}")
+    decoded, probabilities = predict_probabilities(model, paths)
+    class_names = class_names or {}
+    ranked = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
+    return {
+        keys[index]: [
+            Prediction(class_name(int(label), class_names), int(label), float(row[label])) for label in labels
+        ]
+        for index, row, labels in zip(decoded, probabilities, ranked)
+    }
+
+
+def predict_probabilities(model, paths):
+    """Run `model` on the image files `paths`, streamed in batches with a progress bar.
+
+    Returns (indices into `paths` of the files that decoded, in order; their class
+    probabilities, float32 of shape (len(indices), number of classes)). The others are skipped
+    with one warning that lists them. `classify`, `predict` and the evaluation report all make
+    their one pass over the images here.
+    """
     image_size = model.input_shape[1]
-    paths = [os.path.join(test_img_dir, name) for name in names]
-    labels = {}
+    decoded, probabilities = [], []
     progress = keras.utils.Progbar(len(paths), unit_name="image")
     for indices, images in _image_batches(paths, image_size):
-        probabilities = np.asarray(model.predict_on_batch(images.astype("float32")))
-        for index, label in zip(indices, np.argmax(probabilities, axis=-1)):
-            labels[names[index]] = int(label)
+        decoded.append(indices)
+        probabilities.append(np.asarray(model.predict_on_batch(images.astype("float32")), np.float32))
         progress.add(len(indices))
-    return labels
+    if not decoded:
+        return np.zeros(0, int), np.zeros((0, model.output_shape[-1]), np.float32)
+    return np.concatenate(decoded), np.concatenate(probabilities)
 
 
-def save_model(model, path):
+def image_files(folder):
+    """The names of the image files in `folder` (IMAGE_EXTENSIONS, any letter case), sorted."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Image folder not found: {os.fspath(folder)!r} (expected a directory of images).")
+    return sorted(
+        entry.name for entry in os.scandir(folder) if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+
+
+def class_name(class_id, class_names):
+    """The name of `class_id` in {class id: name}, or "class N" where it has none."""
+    return class_names.get(class_id) or f"class {class_id}"
+
+
+def save_model(model, path, class_names=None):
     """Save `model` as one HDF5 file that Keras 2.15 and Keras 3 (any backend) open with plain
-    `keras.models.load_model`, giving the same probabilities.
+    `keras.models.load_model`, giving the same probabilities; with `class_names` ({class id:
+    name}), the species names travel in the file too (`load_class_names` reads them back).
 
     HDF5, because the checker opens the file with `load_model` and Keras 2 reads no other format
     that Keras 3 writes. Each version saves its own dialect of the configuration; `_portable_layer`
@@ -245,11 +348,26 @@ def save_model(model, path):
     """
     if not str(path).endswith(HDF5_SUFFIXES):
         raise ValueError(f"save_model writes HDF5: the path must end with {' or '.join(HDF5_SUFFIXES)}; got {path!r}")
+    names = _validated_class_names(class_names or {})
     model.save(path, include_optimizer=False)
     with h5py.File(path, "r+") as file:
         config = json.loads(file.attrs["model_config"])
         config["config"]["layers"] = [_portable_layer(layer) for layer in config["config"]["layers"]]
         file.attrs["model_config"] = json.dumps(config)
+        if names:
+            file.attrs[CLASS_NAMES_ATTRIBUTE] = json.dumps({str(label): name for label, name in sorted(names.items())})
+
+
+def load_class_names(path):
+    """The species names saved in the model file at `path` by `save_model`: {class id: name},
+    empty for a file saved without them."""
+    with h5py.File(path, "r") as file:
+        stored = file.attrs.get(CLASS_NAMES_ATTRIBUTE)
+    if stored is None:
+        return {}
+    if isinstance(stored, bytes):
+        stored = stored.decode("utf-8")
+    return {int(label): name for label, name in json.loads(stored).items()}
 
 
 def _portable_layer(layer):
@@ -311,6 +429,36 @@ def _validated_training_set(train_gt, train_img_dir):
     names = np.array(sorted(train_gt))
     labels = np.array([int(train_gt[name]) for name in names])
     return names, labels
+
+
+def _validated_class_names(class_names):
+    """`class_names` as {int: str}, or a ValueError naming the entries that are not."""
+    if not isinstance(class_names, collections.abc.Mapping):
+        raise ValueError(f"class_names must be a mapping of class id to name; got a {type(class_names).__name__}.")
+    bad = [
+        f"{label!r}: {name!r}"
+        for label, name in class_names.items()
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or label < 0
+        or not isinstance(name, str)
+    ]
+    if bad:
+        raise ValueError(f"class_names must map non-negative integer ids to names (str); got {', '.join(bad)}")
+    return {int(label): name for label, name in class_names.items()}
+
+
+def _validation_set(validation, num_classes):
+    """The paths and labels of `train`'s `validation` argument: (gt mapping, image folder)."""
+    if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
+        raise ValueError(f"validation must be (gt mapping, image folder) or None; got {validation!r}")
+    gt, image_dir = validation
+    names, labels = _validated_training_set(gt, image_dir)
+    unknown = sorted(name for name, label in zip(names, labels) if label >= num_classes)
+    if unknown:
+        raise ValueError(
+            f"validation labels must be class ids the training set has (0-{num_classes - 1}); "
+            f"got {', '.join(f'{name}={gt[name]}' for name in unknown)}"
+        )
+    return [os.path.join(image_dir, name) for name in names], labels
 
 
 def _stratified_split(labels, fraction, rng):
@@ -465,21 +613,25 @@ def _compile(model, optimizer, recipe, run_eagerly=False):
     )
 
 
-def _fit(model, train_data, validation_data, epochs, optimizer, recipe):
-    """Train `model`, keeping (in memory) the weights of the epoch with the best validation
-    accuracy (if the recipe says so and there are validation images), else the last epoch's."""
+def _fit(model, train_data, validation_data, epochs, optimizer, recipe, keep_best_epoch):
+    """Train `model`; return its per-epoch figures and "kept_epoch". The weights kept (in memory)
+    are those of the epoch with the best validation accuracy if `keep_best_epoch` and there are
+    validation images, else the last epoch's."""
     _compile(model, optimizer, recipe, recipe.run_eagerly)
     has_validation = len(validation_data) > 0
-    callbacks = [_KeepBestEpoch()] if recipe.keep_best_epoch and has_validation else []
+    keep_best = _KeepBestEpoch() if keep_best_epoch and has_validation else None
     # The batches are shuffled by _CachedViews itself, the same way in every Keras version.
-    model.fit(
+    history = model.fit(
         train_data,
         validation_data=validation_data if has_validation else None,
         epochs=epochs,
         shuffle=False,
-        callbacks=callbacks,
+        callbacks=[keep_best] if keep_best else [],
         verbose=2,
     )
+    figures = {key: [float(value) for value in values] for key, values in history.history.items()}
+    figures["kept_epoch"] = keep_best.best_epoch if keep_best else epochs - 1
+    return figures
 
 
 def _image_batches(paths, image_size, augmentation=None):

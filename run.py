@@ -1,4 +1,4 @@
-"""Checker-style harness for classification.py.
+"""The project's command line: the checker harness, full training, predictions and the evaluation report.
 
     python run.py TESTS_DIR [--output DIR]        every NN_input/NN_gt pair in TESTS_DIR: train with
                                                   fast_train=True, label NN_input/test/images with
@@ -8,13 +8,26 @@
     CHECKER=1 python run.py DATA_DIR OUTPUT_DIR   the grading system's single test: DATA_DIR/train
                                                   and DATA_DIR/test/images in, OUTPUT_DIR/output.csv out
     python run.py --train TRAIN_DIR MODEL_PATH    full training (fast_train=False) on TRAIN_DIR/gt.csv
-                                                  and TRAIN_DIR/images, saved to MODEL_PATH (.hdf5)
+        [--classes CSV]                           and TRAIN_DIR/images, saved to MODEL_PATH (.hdf5) with
+        [--validation IMAGES_DIR GT_CSV]          the species names of CSV; the training curves (train,
+                                                  and validation on images kept apart if given) go to
+                                                  MODEL_PATH's name + _training.png
+    python run.py --predict [IMAGE_OR_DIR ...]    the --top-k (default 3) species of each image, with
+        [--top-k K] [--output CSV]                their probabilities, as a table and in CSV; with no
+        [--model PATH] [--classes CSV]            image given, the sample photos in samples/
+    python run.py --report TESTS_DIR              an HTML evaluation report (--output, default
+    python run.py --report IMAGES_DIR --gt GT_CSV report.html): accuracy, per-species accuracy, the
+        [--train-dir TRAIN_DIR] [--classes CSV]   confusion matrix, the most confused pairs and the
+        [--model PATH] [--output HTML]            most confident mistakes, with photos
 
+Species names come from --classes (a class_id,name CSV), else from a classes.csv at the top of a
+TESTS_DIR, else from the model file; an id with no name is shown as "class N".
 The main job is `python run.py ../shared/birds`.
 """
 
 import argparse
 import csv
+import io
 import os
 import sys
 import time
@@ -22,28 +35,66 @@ import time
 import keras
 
 import classification
+import report
 
 CODE_DIR = os.path.dirname(os.path.abspath(__file__))
 MODEL_PATH = os.path.join(CODE_DIR, "birds_model.hdf5")
+# Photos from the public test set, one per species for ten species: what --predict labels when
+# given nothing, so that a fresh clone shows species names on its first run.
+SAMPLES_DIR = os.path.join(CODE_DIR, "samples")
+# Answers per image shown by --predict: enough to see the runners-up, few enough for one screen line.
+DEFAULT_TOP_K = 3
+# What a spreadsheet or text editor may save a CSV as: Excel's "CSV UTF-8" starts with a byte-order
+# mark, its plain "CSV" is the Windows code page; European locales separate fields with ";".
+ENCODINGS = ("utf-8-sig", "cp1252")
+DELIMITERS = (",", ";", "\t")
 
 # The assignment's marking table: (lowest accuracy, mark), best first; any accuracy above 0 earns 1.
 MARKS = ((0.85, 10), (0.83, 9), (0.80, 8), (0.75, 7), (0.70, 6), (0.65, 5), (0.60, 4), (0.50, 3), (0.40, 2))
 
 
-class HarnessError(Exception):
+class HarnessError(ValueError):
     """A problem with the harness's inputs, reported as one line instead of a traceback."""
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", action="store_true", help="train fully and save: TRAIN_DIR MODEL_PATH")
-    parser.add_argument("--output", metavar="DIR", help="where NN_output folders go (default: TESTS_DIR)")
-    parser.add_argument("paths", nargs="+", metavar="PATH")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--train", action="store_true", help="train fully and save: TRAIN_DIR MODEL_PATH")
+    modes.add_argument("--predict", action="store_true", help="label images: [IMAGE_OR_DIR ...]")
+    modes.add_argument("--report", action="store_true", help="evaluation report: TESTS_DIR, or IMAGES_DIR --gt GT_CSV")
+    parser.add_argument(
+        "--output", metavar="PATH", help="harness: where NN_output folders go (default: TESTS_DIR); "
+        "--predict: a CSV to write; --report: the HTML file (default: report.html)"
+    )
+    parser.add_argument("--classes", metavar="CSV", help="species names: a CSV with header class_id,name")
+    parser.add_argument(
+        "--model", metavar="PATH", default=MODEL_PATH, help="--predict, --report: the model file (default: birds_model.hdf5)"
+    )
+    parser.add_argument("--top-k", type=int, metavar="K", help=f"--predict: answers per image (default {DEFAULT_TOP_K})")
+    parser.add_argument("--gt", metavar="CSV", help="--report: the labels (filename,class_id) of IMAGES_DIR")
+    parser.add_argument("--train-dir", metavar="DIR", help="--report: training folder (gt.csv, images/) for example photos")
+    parser.add_argument(
+        "--validation", nargs=2, metavar=("IMAGES_DIR", "GT_CSV"),
+        help="--train: images kept apart, scored after every epoch for the curves (never used to choose)",
+    )
+    parser.add_argument("paths", nargs="*", metavar="PATH")
     args = parser.parse_args(argv)
+    mode = "train" if args.train else "predict" if args.predict else "report" if args.report else None
+    for option, option_mode in (("gt", "report"), ("train_dir", "report"), ("validation", "train"), ("top_k", "predict")):
+        if getattr(args, option) is not None and mode != option_mode:
+            parser.error(f"--{option.replace('_', '-')} goes with --{option_mode}")
     try:
         if args.train:
             train_dir, model_path = _exactly(args.paths, 2, "--train TRAIN_DIR MODEL_PATH")
-            train_and_save(train_dir, model_path)
+            train_and_save(train_dir, model_path, args.classes, args.validation)
+        elif args.predict:
+            images = args.paths or [os.path.relpath(SAMPLES_DIR)]
+            top_k = DEFAULT_TOP_K if args.top_k is None else args.top_k
+            predict_files(images, args.model, top_k, args.output, args.classes)
+        elif args.report:
+            (test_dir,) = _exactly(args.paths, 1, "--report TESTS_DIR, or --report IMAGES_DIR --gt GT_CSV")
+            write_report(test_dir, args.gt, args.train_dir, args.classes, args.model, args.output or "report.html")
         elif os.environ.get("CHECKER"):
             data_dir, output_dir = _exactly(args.paths, 2, "DATA_DIR OUTPUT_DIR")
             run_single_test(data_dir, output_dir)
@@ -56,14 +107,121 @@ def main(argv=None):
     return 0
 
 
-def train_and_save(train_dir, model_path):
-    """The command that made birds_model.hdf5."""
+def train_and_save(train_dir, model_path, classes_path=None, validation=None, recipe=classification.RECIPE):
+    """The command that made birds_model.hdf5: train with the full recipe, save the model with its
+    species names, and the training curves beside it. (Tests pass a smaller `recipe`.)"""
+    if not str(model_path).endswith(classification.HDF5_SUFFIXES):
+        raise HarnessError(f"the model path must end with {' or '.join(classification.HDF5_SUFFIXES)}; got {model_path!r}")
     train_gt = read_gt(os.path.join(train_dir, "gt.csv"))
+    class_names = read_classes(classes_path) if classes_path else {}
+    if not class_names:
+        print("No --classes CSV given: the model will name its species 'class N'.")
+    validation_set = None
+    if validation:
+        images_dir, gt_path = validation
+        validation_set = (read_gt(gt_path), images_dir)
     start = time.time()
-    model = classification.train_classifier(train_gt, os.path.join(train_dir, "images"), fast_train=False)
+    model, history = classification.train(
+        train_gt, os.path.join(train_dir, "images"), recipe, validation=validation_set
+    )
     print(f"Trained in {time.time() - start:.0f} s")
-    classification.save_model(model, model_path)
-    print(f"Saved {model_path}")
+    classification.save_model(model, model_path, class_names)
+    curves_path = os.path.splitext(model_path)[0] + "_training.png"
+    report.training_curves(history).savefig(curves_path)
+    print(f"Saved {model_path} and {curves_path}")
+
+
+def predict_files(images, model_path, top_k, output_path=None, classes_path=None):
+    """Label image files and folders with the top-k species; print a table, write a CSV if asked."""
+    if top_k < 1:
+        raise HarnessError(f"--top-k must be at least 1; got {top_k}")
+    model = load_model(model_path)
+    class_names = read_classes(classes_path) if classes_path else classification.load_class_names(model_path)
+    top_k = min(top_k, model.output_shape[-1])
+    predictions = {}
+    for path in images:
+        if os.path.isdir(path):
+            answers = classification.predict(model, path, top_k, class_names)
+            predictions.update({os.path.join(path, name): answer for name, answer in answers.items()})
+        elif os.path.isfile(path):
+            predictions.update(classification.predict(model, [path], top_k, class_names))
+        else:
+            raise HarnessError(f"not an image file or folder: {path!r}")
+    print(format_predictions(predictions))
+    if output_path:
+        write_predictions(output_path, predictions)
+        print(f"Wrote {len(predictions)} rows to {output_path}")
+    return predictions
+
+
+def format_predictions(predictions):
+    """A plain-text table: one row per image, each answer as a name and a right-aligned percentage."""
+    if not predictions:
+        return "No image to label."
+    top_k = max(len(answers) for answers in predictions.values())
+    header = ["image"]
+    for rank in range(1, top_k + 1):
+        header += [f"answer {rank}", ""]
+    rows = [header]
+    for path, answers in predictions.items():
+        row = [path]
+        for answer in answers:
+            row += [answer.name, f"{answer.probability:.1%}"]
+        rows.append(row + [""] * (len(header) - len(row)))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    # Names are left-aligned, percentages (every other column after the image) right-aligned.
+    return "\n".join(
+        "  ".join(
+            cell.rjust(width) if column % 2 == 0 and column else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths))
+        ).rstrip()
+        for row in rows
+    )
+
+
+def write_predictions(path, predictions):
+    """CSV: filename, then class_id, name, probability of each answer, best first."""
+    top_k = max((len(answers) for answers in predictions.values()), default=1)
+    header = ["filename", "class_id", "name", "probability"]
+    for rank in range(2, top_k + 1):
+        header += [f"class_id_{rank}", f"name_{rank}", f"probability_{rank}"]
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(header)
+            for image, answers in predictions.items():
+                row = [image]
+                for answer in answers:
+                    row += [answer.class_id, answer.name, f"{answer.probability:.6f}"]
+                writer.writerow(row)
+    except OSError as error:
+        raise HarnessError(f"cannot write {path!r} ({error.strerror})")
+
+
+def write_report(test_dir, gt_path=None, train_dir=None, classes_path=None, model_path=MODEL_PATH, output_path="report.html"):
+    """The HTML evaluation report of the model on a test set, from one pass of predictions."""
+    start = time.time()
+    image_dir, gt_path, train_dir, layout_classes = _test_set(test_dir, gt_path, train_dir)
+    expected = read_gt(gt_path)
+    model = load_model(model_path)
+    classes_path = classes_path or layout_classes
+    class_names = read_classes(classes_path) if classes_path else classification.load_class_names(model_path)
+    examples = training_examples(train_dir) if train_dir else None
+    evaluation = report.evaluate(model, image_dir, expected)
+    summary = report.summarise(evaluation)
+    title = f"{os.path.basename(model_path)} on {os.path.abspath(image_dir)}"
+    page = report.html_report(evaluation, summary, class_names, image_dir, examples, title, mark(summary.top1))
+    try:
+        with open(output_path, "w", encoding="utf-8") as file:
+            file.write(page)
+    except OSError as error:
+        raise HarnessError(f"cannot write {output_path!r} ({error.strerror})")
+    print(
+        f"top-1 accuracy {summary.top1:.4f}, top-{report.TOP_K} {summary.topk:.4f}, mark {mark(summary.top1)}, "
+        f"{summary.images} images ({len(evaluation.missing)} missing, {len(evaluation.unreadable)} unreadable)"
+    )
+    print(f"Wrote {output_path} in {time.time() - start:.1f} s (predictions {evaluation.seconds:.1f} s)")
+    return summary
 
 
 def run_single_test(data_dir, output_dir):
@@ -125,7 +283,8 @@ def load_model(path):
     if not os.path.isfile(path):
         raise HarnessError(f"model file not found: {path!r} (re-create it with: python run.py --train TRAIN_DIR {path})")
     try:
-        return keras.models.load_model(path)
+        # Not compiled: these commands only predict, and the file holds no training configuration.
+        return keras.models.load_model(path, compile=False)
     except (OSError, ValueError) as error:
         raise HarnessError(f"cannot load model {path!r}: {error}") from error
     except TypeError as error:
@@ -138,19 +297,26 @@ def load_model(path):
 
 def read_gt(path):
     """Read a filename,class_id CSV (with that header) into {filename: int}."""
-    if not os.path.isfile(path):
-        raise HarnessError(f"labels file not found: {path!r} (expected a CSV with header filename,class_id)")
     labels = {}
-    with open(path, newline="") as file:
-        rows = csv.reader(file)
-        header = next(rows, None)
-        if header != ["filename", "class_id"]:
-            raise HarnessError(f"{path}, line 1: expected the header 'filename,class_id', got {header!r}")
-        for line_number, row in enumerate(rows, start=2):
-            if len(row) != 2 or not row[1].strip().isdigit():
-                raise HarnessError(f"{path}, line {line_number}: expected 'filename,class_id', got {','.join(row)!r}")
-            labels[row[0]] = int(row[1])
+    for line_number, (name, label) in _read_table(path, ("filename", "class_id"), "a CSV with header filename,class_id"):
+        if not name or not label.isdigit():
+            raise HarnessError(f"{path}, line {line_number}: expected 'filename,class_id', got {name!r}, {label!r}")
+        if name in labels and labels[name] != int(label):
+            raise HarnessError(f"{path}, line {line_number}: {name} is listed again with another class id")
+        labels[name] = int(label)
     return labels
+
+
+def read_classes(path):
+    """Read a class_id,name CSV (with that header) into {class id: name}."""
+    names = {}
+    for line_number, (label, name) in _read_table(path, ("class_id", "name"), "a CSV with header class_id,name"):
+        if not label.isdigit() or not name:
+            raise HarnessError(f"{path}, line {line_number}: expected 'class_id,name', got {label!r}, {name!r}")
+        if int(label) in names:
+            raise HarnessError(f"{path}, line {line_number}: class id {label} is listed twice")
+        names[int(label)] = name
+    return names
 
 
 def write_gt(path, labels):
@@ -158,6 +324,82 @@ def write_gt(path, labels):
         writer = csv.writer(file)
         writer.writerow(["filename", "class_id"])
         writer.writerows(sorted(labels.items()))
+
+
+def training_examples(train_dir):
+    """{class id: path of the first training photo of that class, by file name}."""
+    examples = {}
+    for name, label in sorted(read_gt(os.path.join(train_dir, "gt.csv")).items()):
+        path = os.path.join(train_dir, "images", name)
+        if label not in examples and os.path.isfile(path):
+            examples[label] = path
+    return examples
+
+
+def _read_table(path, header, description):
+    """The rows of a two-column CSV as (line number, (first, second)), stripped, blank lines skipped.
+
+    Accepts what spreadsheets and text editors save: UTF-8 with or without a byte-order mark or
+    the Windows code page, "," ";" or tab between fields (whichever splits the header into
+    `header`), quoted fields, CRLF line ends, spaces around values, header names in any case."""
+    if not os.path.isfile(path):
+        raise HarnessError(f"file not found: {path!r} (expected {description})")
+    text = _decoded(path)
+    first_line = next((line for line in text.splitlines() if line.strip()), "")
+    delimiter = next(
+        (d for d in DELIMITERS if [cell.strip().lower() for cell in first_line.split(d)] == list(header)), None
+    )
+    if delimiter is None:
+        raise HarnessError(f"{path}, line 1: expected the header {','.join(header)!r}, got {first_line!r}")
+    rows = []
+    header_seen = False
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    for row in reader:
+        line_number = reader.line_num
+        cells = [cell.strip() for cell in row]
+        if not any(cells):
+            continue
+        if not header_seen:
+            header_seen = True
+            continue
+        if len(cells) != 2:
+            raise HarnessError(f"{path}, line {line_number}: expected 2 fields ({','.join(header)}), got {row!r}")
+        rows.append((line_number, tuple(cells)))
+    return rows
+
+
+def _decoded(path):
+    with open(path, "rb") as file:
+        data = file.read()
+    for encoding in ENCODINGS:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise HarnessError(f"{path}: not text in any of {', '.join(ENCODINGS)}")
+
+
+def _test_set(path, gt_path, train_dir):
+    """(image folder, gt.csv, training folder or None, classes.csv or None) for --report: a tests
+    folder in the checker's layout (one NN_input, NN_gt), or an image folder with --gt."""
+    if gt_path:
+        return path, gt_path, train_dir, None
+    if not os.path.isdir(path):
+        raise HarnessError(f"test folder not found: {path!r}")
+    inputs = sorted(name for name in os.listdir(path) if name.endswith("_input"))
+    if len(inputs) != 1:
+        raise HarnessError(
+            f"{path!r} has {len(inputs)} NN_input folders; expected one, or give IMAGES_DIR --gt GT_CSV"
+        )
+    test_id = inputs[0][: -len("_input")]
+    input_dir = os.path.join(path, inputs[0])
+    classes = os.path.join(path, "classes.csv")
+    return (
+        os.path.join(input_dir, "test", "images"),
+        os.path.join(path, f"{test_id}_gt", "gt.csv"),
+        train_dir or os.path.join(input_dir, "train"),
+        classes if os.path.isfile(classes) else None,
+    )
 
 
 def _exactly(paths, count, usage):

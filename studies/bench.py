@@ -35,7 +35,7 @@ def main():
     expected = run.read_gt(os.path.join(args.data, "00_gt", "gt.csv"))
 
     start = time.time()
-    model = classification.train(train_gt, os.path.join(train_dir, "images"), recipe)
+    model, _ = classification.train(train_gt, os.path.join(train_dir, "images"), recipe)
     train_minutes = (time.time() - start) / 60
     if args.save:
         classification.save_model(model, args.save)

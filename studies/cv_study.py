@@ -97,7 +97,7 @@ def _run_fold(recipe, train_dir, train_gt, fold_of, fold, data_dir, test_gt):
     start = time.time()
     fold_gt = {name: label for name, label in train_gt.items() if fold_of[name] != fold}
     held_out = {name: label for name, label in train_gt.items() if fold_of[name] == fold}
-    model = classification.train(fold_gt, os.path.join(train_dir, "images"), recipe)
+    model, _ = classification.train(fold_gt, os.path.join(train_dir, "images"), recipe)
     minutes = (time.time() - start) / 60
     fold_accuracy = run.score(_classify_some(model, os.path.join(train_dir, "images"), held_out), held_out)
     test_images = os.path.join(data_dir, "00_input", "test", "images")

@@ -136,7 +136,7 @@ def test_a_recipe_variant_is_a_changed_copy_that_train_uses(train_set):
         classification.RECIPE.seed += 1
     other_seed = dataclasses.replace(classification.FAST_RECIPE, seed=classification.FAST_RECIPE.seed + 1)
     default = classification.train_classifier(train_gt, folder, fast_train=True)
-    variant = classification.train(train_gt, folder, other_seed)
+    variant, _ = classification.train(train_gt, folder, other_seed)
     assert (classification.RECIPE, classification.FAST_RECIPE) == recipes_before
     assert any((a != b).any() for a, b in zip(default.get_weights(), variant.get_weights()))
 
@@ -144,6 +144,7 @@ def test_a_recipe_variant_is_a_changed_copy_that_train_uses(train_set):
 def test_a_recipe_with_a_validation_split_keeps_its_best_epoch(train_set, capsys):
     train_gt, folder = train_set
     recipe = dataclasses.replace(classification.FAST_RECIPE, validation_fraction=0.25, keep_best_epoch=True)
-    model = classification.train(train_gt, folder, recipe)
+    model, history = classification.train(train_gt, folder, recipe)
     assert "Kept the weights of epoch 1" in capsys.readouterr().out
+    assert history["fine_tune"]["kept_epoch"] == 0 and "val_accuracy" in history["fine_tune"]
     assert sorted(classification.classify(model, folder)) == sorted(train_gt)

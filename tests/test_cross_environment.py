@@ -24,6 +24,8 @@ pytestmark = pytest.mark.skipif(not CROSS_DIR, reason="CROSS_ENVIRONMENT_DIR is 
 TOLERANCE = 1e-5
 COMMITTED_MODEL = os.path.join(PROJECT_DIR, "birds_model.hdf5")
 ENVIRONMENT = f"keras-{keras.__version__}-{keras.backend.backend()}"
+# Species names saved with each model, read back in every environment; one is not ASCII.
+CLASS_NAMES = {0: "Black_footed_Albatross", 1: "Rüppell's Warbler", 2: "Horned_Lark"}
 
 
 def _pixels():
@@ -45,7 +47,7 @@ def _loaders():
 def test_save_a_trained_model_for_the_other_environments(train_set):
     train_gt, folder = train_set
     model = classification.train_classifier(train_gt, folder, fast_train=True)
-    classification.save_model(model, os.path.join(CROSS_DIR, f"{ENVIRONMENT}.hdf5"))
+    classification.save_model(model, os.path.join(CROSS_DIR, f"{ENVIRONMENT}.hdf5"), CLASS_NAMES)
     np.save(os.path.join(CROSS_DIR, f"{ENVIRONMENT}.npy"), model.predict(_pixels(), verbose=0))
     committed = keras.models.load_model(COMMITTED_MODEL)
     np.save(os.path.join(CROSS_DIR, f"committed-{ENVIRONMENT}.npy"), committed.predict(_pixels(), verbose=0))
@@ -61,6 +63,7 @@ def test_every_environment_opens_every_saved_model_with_the_same_probabilities()
             difference = np.abs(probabilities - expected).max()
             where = f"{ENVIRONMENT} with {loader_name} on {os.path.basename(path)}"
             assert difference <= TOLERANCE, f"{where}: {difference}"
+        assert classification.load_class_names(path) == CLASS_NAMES, f"{ENVIRONMENT} on {os.path.basename(path)}"
     committed = keras.models.load_model(COMMITTED_MODEL).predict(_pixels(), verbose=0)
     for path in sorted(glob.glob(os.path.join(CROSS_DIR, "committed-*.npy"))):
         difference = np.abs(committed - np.load(path)).max()

@@ -68,7 +68,7 @@ def test_checker_mode_writes_output_csv_for_one_test(small_tests_dir, tmp_path, 
 def test_missing_gt_is_reported_without_a_traceback(tmp_path, capsys):
     (tmp_path / "00_input").mkdir()
     assert run.main([str(tmp_path)]) == 1
-    assert "labels file not found" in capsys.readouterr().err
+    assert "file not found" in capsys.readouterr().err
 
 
 def test_malformed_gt_line_is_named(tmp_path):
