@@ -1,7 +1,7 @@
 """What the model does, in pictures: the evaluation report and the training curves.
 
     python run.py --report ../shared/birds                      # a folder in the checker's layout
-    python run.py --report TEST_IMAGES --gt GT_CSV [--train TRAIN_DIR] [--classes CLASSES_CSV]
+    python run.py --report TEST_IMAGES --gt GT_CSV [--train-dir TRAIN_DIR] [--classes CLASSES_CSV]
 
 `evaluate` makes one pass of predictions over the test images (`classification.predict_probabilities`);
 `summarise` turns predictions and the expected labels into every figure of the report (a pure
@@ -12,9 +12,9 @@ returns; `run.py --train` saves it beside the model.
 The charts (confusion matrix, training curves) are drawn with matplotlib's object-oriented `Figure`,
 never `pyplot`: no global state, no GUI backend, nothing shown on screen. Photos are shown as they
 are, as JPEG thumbnails in the page, with their names and probabilities as HTML text beside them:
-sharp and selectable at any zoom, and made in a tenth of the time a matplotlib grid of the same
-photos takes (0.03 s against 1.4 s for the 27 photos of the most-confused pairs), which keeps the report within
-20 % of the time of the predictions it is made from. The per-species accuracies are a table with
+sharp and selectable at any zoom, and made in a fiftieth of the time a matplotlib grid of the same
+photos takes (0.03 s against 1.4 s for the 27 photos of the most-confused pairs), which keeps the
+report within 20 % of the time of the predictions it is made from (studies/README.md). The per-species accuracies are a table with
 bars, which shows names, counts and the commonest wrong answer together.
 """
 
@@ -167,92 +167,24 @@ def html_report(evaluation, summary, class_names, image_dir, training_examples=N
         confusion = _picture(confusion_figure(summary.confusion, class_names), "Confusion matrix")
         thumbnails = {path: future.result() for path, future in pending.items()}
 
-    def name(label):
-        return html.escape(classification.class_name(label, class_names))
-
-    def caption_name(label):
-        # Names like Ruby_throated_Hummingbird may wrap at their underscores in a narrow caption.
-        return name(label).replace("_", "_<wbr>")
-
-    def photo(path, caption, kind):
-        if path is None:
-            return f"<figure class='{kind}'><div class='none'>no photo</div><figcaption>{caption}</figcaption></figure>"
-        return f"<figure class='{kind}'><img alt='' src='{thumbnails[path]}'><figcaption>{caption}</figcaption></figure>"
-
-    sections = [_summary_section(evaluation, summary, mark)]
-    imperfect = [row for row in summary.per_class if row[2] < row[1]]
-    perfect = [row for row in summary.per_class if row[2] == row[1]]
-    rows = "".join(
-        f"<tr><td>{name(label)}</td><td class='number'>{correct}/{images}</td>"
-        f"<td><div class='bar' style='width:{100 * correct / images:.0f}%'></div></td>"
-        f"<td>{_most_taken_for(summary.confusion, label, name)}</td></tr>"
-        for label, images, correct in imperfect
-    )
-    table = (
-        "<table class='classes'><tr><th>species</th><th>right</th><th>accuracy</th>"
-        f"<th>most often taken for</th></tr>{rows}</table>"
-        if imperfect
-        else ""
-    )
-    # Species with every image right are listed in one paragraph, so that the table holds only
-    # what needs looking at.
-    listed = ", ".join(f"{name(label)} ({images})" for label, images, _ in perfect)
-    all_right = f"<p>All right ({len(perfect)} species; images in brackets): {listed}.</p>" if perfect else ""
-    sections.append(_section("Accuracy per species, worst first", table + all_right))
-    sections.append(
+    sections = [
+        _summary_section(evaluation, summary, mark),
+        _section("Accuracy per species, worst first", _per_class_html(summary, class_names)),
         _section(
             "Confusion matrix",
             "<p>Rows: the true species; columns: the model's answer. Colour: share of the row (green on the "
             f"diagonal: right; red off it: wrong); numbers: image counts. {summary.confusion.sum()} images "
             f"predicted.</p>{confusion}",
-        )
-    )
-    pairs_html = "<p>No image was mistaken for another species.</p>"
-    if pairs:
-        blocks = []
-        for true, guess, count in pairs:
-            files = _pair_files(summary.mistakes, true, guess)
-            shown = [photo(training_examples.get(true), f"training photo<br>{caption_name(true)}", "truth")]
-            shown += [
-                photo(os.path.join(image_dir, file), f"{html.escape(file)}<br>{probability:.0%} {caption_name(guess)}",
-                      "mistake")
-                for file, probability in files.items()
-            ]
-            shown.append(photo(training_examples.get(guess), f"training photo<br>{caption_name(guess)}", "answer"))
-            blocks.append(
-                f"<div><h3>{name(true)} taken for {name(guess)}: {count} image{'s' if count > 1 else ''}</h3>"
-                f"<div class='photos'>{''.join(shown)}</div></div>"
-            )
-        listed = "".join(
-            f"<tr><td>{name(true)}</td><td>{name(guess)}</td><td class='number'>{count}</td></tr>"
-            for true, guess, count in summary.pairs
-        )
-        pairs_html = (
-            "<p>Green: a training photo of the true species; red: the test photos the model took for another "
-            "species (file, probability of its answer); orange: a training photo of that species"
-            + ("" if training_examples else " (no training folder given)")
-            + ".</p>"
-            + f"<div class='pairs'>{''.join(blocks)}</div>"
-            + f"<details><summary>All {len(summary.pairs)} confused pairs</summary><table>"
-            "<tr><th>true species</th><th>taken for</th><th>images</th></tr>" + listed + "</table></details>"
-        )
-    sections.append(_section("Most-confused pairs", pairs_html))
-    grid = "".join(
-        photo(
-            os.path.join(image_dir, file),
-            f"{html.escape(file)}<br>true: {caption_name(true)}<br>predicted: {caption_name(guess)}<br>"
-            f"<b>{probability:.0%}</b> sure",
-            "mistake",
-        )
-        for file, true, guess, probability in mistakes
-    )
-    sections.append(
-        _section("Most confident mistakes", f"<div class='photos'>{grid}</div>" if mistakes else "<p>No mistakes.</p>")
-    )
+        ),
+        _section(
+            "Most-confused pairs", _pairs_html(summary, pairs, class_names, image_dir, training_examples, thumbnails)
+        ),
+        _section("Most confident mistakes", _mistakes_html(mistakes, class_names, image_dir, thumbnails)),
+    ]
     if evaluation.missing or evaluation.unreadable:
-        listed = "".join(f"<li>{html.escape(file)}: not in the folder</li>" for file in evaluation.missing) + "".join(
-            f"<li>{html.escape(file)}: not a decodable image</li>" for file in evaluation.unreadable
-        )
+        listed = "".join(
+            f"<li>{html.escape(file)}: no such image file in the folder</li>" for file in evaluation.missing
+        ) + "".join(f"<li>{html.escape(file)}: not a decodable image</li>" for file in evaluation.unreadable)
         sections.append(
             _section(
                 "Images not predicted",
@@ -327,19 +259,106 @@ def training_curves(history):
     return figure
 
 
+def _per_class_html(summary, class_names):
+    """A table of the species with mistakes, worst first, then one line for those without."""
+    imperfect = [row for row in summary.per_class if row[2] < row[1]]
+    perfect = [row for row in summary.per_class if row[2] == row[1]]
+    rows = "".join(
+        f"<tr><td>{_name(label, class_names)}</td><td class='number'>{correct}/{images}</td>"
+        f"<td><div class='bar' style='width:{100 * correct / images:.0f}%'></div></td>"
+        f"<td>{_most_taken_for(summary.confusion, label, class_names)}</td></tr>"
+        for label, images, correct in imperfect
+    )
+    table = (
+        "<table class='classes'><tr><th>species</th><th>right</th><th>accuracy</th>"
+        f"<th>most often taken for</th></tr>{rows}</table>"
+        if imperfect
+        else ""
+    )
+    # Species with every image right share one paragraph, so that the table holds only what needs
+    # looking at.
+    listed = ", ".join(f"{_name(label, class_names)} ({images})" for label, images, _ in perfect)
+    return table + (f"<p>All right ({len(perfect)} species; images in brackets): {listed}.</p>" if perfect else "")
+
+
+def _pairs_html(summary, pairs, class_names, image_dir, training_examples, thumbnails):
+    """Each pair shown: a training photo of the true species, the test photos taken for the other
+    species, a training photo of that species; then a table of every pair."""
+    if not pairs:
+        return "<p>No image was mistaken for another species.</p>"
+    blocks = []
+    for true, guess, count in pairs:
+        true_name, guess_name = _caption_name(true, class_names), _caption_name(guess, class_names)
+        shown = [_photo(thumbnails, training_examples.get(true), f"training photo<br>{true_name}", "truth")]
+        shown += [
+            _photo(thumbnails, os.path.join(image_dir, file), f"{html.escape(file)}<br>{probability:.0%} {guess_name}",
+                   "mistake")
+            for file, probability in _pair_files(summary.mistakes, true, guess).items()
+        ]
+        shown.append(_photo(thumbnails, training_examples.get(guess), f"training photo<br>{guess_name}", "answer"))
+        blocks.append(
+            f"<div><h3>{_name(true, class_names)} taken for {_name(guess, class_names)}: {count} "
+            f"image{'s' if count > 1 else ''}</h3><div class='photos'>{''.join(shown)}</div></div>"
+        )
+    listed = "".join(
+        f"<tr><td>{_name(true, class_names)}</td><td>{_name(guess, class_names)}</td><td class='number'>{count}</td></tr>"
+        for true, guess, count in summary.pairs
+    )
+    return (
+        "<p>Green: a training photo of the true species; red: the test photos the model took for another "
+        "species (file, probability of its answer); orange: a training photo of that species"
+        + ("" if training_examples else " (no training folder given)")
+        + f".</p><div class='pairs'>{''.join(blocks)}</div>"
+        + f"<details><summary>All {len(summary.pairs)} confused pairs</summary><table>"
+        + f"<tr><th>true species</th><th>taken for</th><th>images</th></tr>{listed}</table></details>"
+    )
+
+
+def _mistakes_html(mistakes, class_names, image_dir, thumbnails):
+    if not mistakes:
+        return "<p>No mistakes.</p>"
+    grid = "".join(
+        _photo(
+            thumbnails,
+            os.path.join(image_dir, file),
+            f"{html.escape(file)}<br>true: {_caption_name(true, class_names)}<br>"
+            f"predicted: {_caption_name(guess, class_names)}<br><b>{probability:.0%}</b> sure",
+            "mistake",
+        )
+        for file, true, guess, probability in mistakes
+    )
+    return f"<div class='photos'>{grid}</div>"
+
+
+def _photo(thumbnails, path, caption, kind):
+    """A thumbnail with its caption; `kind` (truth, mistake, answer) colours its frame."""
+    if path is None:
+        return f"<figure class='{kind}'><div class='none'>no photo</div><figcaption>{caption}</figcaption></figure>"
+    return f"<figure class='{kind}'><img alt='' src='{thumbnails[path]}'><figcaption>{caption}</figcaption></figure>"
+
+
+def _name(label, class_names):
+    return html.escape(classification.class_name(label, class_names))
+
+
+def _caption_name(label, class_names):
+    """The name, free to wrap at its underscores (Ruby_throated_Hummingbird) in a narrow caption."""
+    return _name(label, class_names).replace("_", "_<wbr>")
+
+
 def _pair_files(mistakes, true, guess):
     """{file: probability of the answer} of the first PHOTOS_PER_PAIR test photos of `true` taken for `guess`."""
     files = {file: probability for file, label, answer, probability in mistakes if (label, answer) == (true, guess)}
     return dict(sorted(files.items())[:PHOTOS_PER_PAIR])
 
 
-def _most_taken_for(confusion, label, name):
+def _most_taken_for(confusion, label, class_names):
     """"species (count)" of the commonest wrong answer for `label`, or "" where there is none."""
     row = confusion[label].copy()
     row[label] = 0
     if not row.any():
         return ""
-    return f"{name(int(np.argmax(row)))} ({row.max()})"
+    return f"{_name(int(np.argmax(row)), class_names)} ({row.max()})"
 
 
 def _thumbnail_uri(path):

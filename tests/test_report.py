@@ -126,7 +126,7 @@ def test_html_parses_and_every_picture_decodes(known_case):
                     "Most confident mistakes", "Images not predicted"):
         assert heading in parsed.headings
     assert "class 2 taken for Rüppell's <Warbler>: 2 images" in parsed.headings
-    assert "gone_1.png: not in the folder" in text and "broken.png: not a decodable image" in text
+    assert "gone_1.png: no such image file in the folder" in text and "broken.png: not a decodable image" in text
     assert f"{summary.top1:.3f}" in text and f"{summary.topk:.3f}" in text
     # The confusion matrix, then one thumbnail per photo shown: the pairs 2->3 (two mistakes, no
     # training photo of 2 or 3 given), 0->1 and 1->0 (a training photo, a mistake, a training
@@ -158,7 +158,7 @@ def test_report_command_on_a_checker_layout_writes_only_the_report(small_model, 
     expected = run.read_gt(str(tests_dir / "00_gt" / "gt.csv"))
     accuracy = run.score(answers, expected)
     assert f"{accuracy:.3f}" in text and f"top-1 accuracy {accuracy:.4f}" in capsys.readouterr().out
-    assert "not_there.jpg: not in the folder" in text
+    assert "not_there.jpg: no such image file in the folder" in text
     assert "Least_Auklet" in text and "class 2" in text
     _decoded_images(page)
 
