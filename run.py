@@ -16,9 +16,10 @@
         [--top-k K] [--output CSV]                their probabilities, as a table and in CSV; with no
         [--model PATH] [--classes CSV]            image given, the sample photos in samples/
     python run.py --report TESTS_DIR              an HTML evaluation report (--output, default
-    python run.py --report IMAGES_DIR --gt GT_CSV report.html): accuracy, per-species accuracy, the
-        [--train-dir TRAIN_DIR] [--classes CSV]   confusion matrix, the most confused pairs and the
-        [--model PATH] [--output HTML]            most confident mistakes, with photos
+    python run.py --report IMAGES_DIR --gt GT_CSV report.html; report_NN.html for each of several
+        [--train-dir TRAIN_DIR] [--classes CSV]   NN_input folders): accuracy, per-species accuracy,
+        [--model PATH] [--output HTML]            the confusion matrix, the most confused pairs and
+                                                  the most confident mistakes, with photos
 
 Species names come from --classes (a class_id,name CSV), else from a classes.csv at the top of a
 TESTS_DIR, else from the model file; an id with no name is shown as "class N".
@@ -199,29 +200,36 @@ def write_predictions(path, predictions):
 
 
 def write_report(test_dir, gt_path=None, train_dir=None, classes_path=None, model_path=MODEL_PATH, output_path="report.html"):
-    """The HTML evaluation report of the model on a test set, from one pass of predictions."""
-    start = time.time()
-    image_dir, gt_path, train_dir, layout_classes = _test_set(test_dir, gt_path, train_dir)
-    expected = read_gt(gt_path)
+    """HTML evaluation reports of the model, each from one pass of predictions: one for an image
+    folder with `gt_path`, or one per NN_input folder of a tests folder (named OUTPUT_NN.html when
+    there are several). Returns {report path: report.Summary}."""
+    test_sets = _test_sets(test_dir, gt_path, train_dir)
     model = load_model(model_path)
-    classes_path = classes_path or layout_classes
-    class_names = read_classes(classes_path) if classes_path else classification.load_class_names(model_path)
-    examples = training_examples(train_dir) if train_dir else None
-    evaluation = report.evaluate(model, image_dir, expected)
-    summary = report.summarise(evaluation)
-    title = f"{os.path.basename(model_path)} on {os.path.abspath(image_dir)}"
-    page = report.html_report(evaluation, summary, class_names, image_dir, examples, title, mark(summary.top1))
-    try:
-        with open(output_path, "w", encoding="utf-8") as file:
-            file.write(page)
-    except OSError as error:
-        raise HarnessError(f"cannot write {output_path!r} ({error.strerror})")
-    print(
-        f"top-1 accuracy {summary.top1:.4f}, top-{report.TOP_K} {summary.topk:.4f}, mark {mark(summary.top1)}, "
-        f"{summary.images} images ({len(evaluation.missing)} missing, {len(evaluation.unreadable)} unreadable)"
-    )
-    print(f"Wrote {output_path} in {time.time() - start:.1f} s (predictions {evaluation.seconds:.1f} s)")
-    return summary
+    stem, extension = os.path.splitext(output_path)
+    summaries = {}
+    for test_id, image_dir, test_gt_path, test_train_dir, layout_classes in test_sets:
+        start = time.time()
+        path = output_path if len(test_sets) == 1 else f"{stem}_{test_id}{extension}"
+        expected = read_gt(test_gt_path)
+        names_path = classes_path or layout_classes
+        class_names = read_classes(names_path) if names_path else classification.load_class_names(model_path)
+        examples = training_examples(test_train_dir) if test_train_dir else None
+        evaluation = report.evaluate(model, image_dir, expected)
+        summary = report.summarise(evaluation)
+        title = f"{os.path.basename(model_path)} on {os.path.abspath(image_dir)}"
+        page = report.html_report(evaluation, summary, class_names, image_dir, examples, title, mark(summary.top1))
+        try:
+            with open(path, "w", encoding="utf-8") as file:
+                file.write(page)
+        except OSError as error:
+            raise HarnessError(f"cannot write {path!r} ({error.strerror})")
+        print(
+            f"top-1 accuracy {summary.top1:.4f}, top-{report.TOP_K} {summary.topk:.4f}, mark {mark(summary.top1)}, "
+            f"{summary.images} images ({len(evaluation.missing)} missing, {len(evaluation.unreadable)} unreadable)"
+        )
+        print(f"Wrote {path} in {time.time() - start:.1f} s (predictions {evaluation.seconds:.1f} s)")
+        summaries[path] = summary
+    return summaries
 
 
 def run_single_test(data_dir, output_dir):
@@ -379,27 +387,36 @@ def _decoded(path):
     raise HarnessError(f"{path}: not text in any of {', '.join(ENCODINGS)}")
 
 
-def _test_set(path, gt_path, train_dir):
-    """(image folder, gt.csv, training folder or None, classes.csv or None) for --report: a tests
-    folder in the checker's layout (one NN_input, NN_gt), or an image folder with --gt."""
-    if gt_path:
-        return path, gt_path, train_dir, None
+def _test_sets(path, gt_path, train_dir):
+    """[(test id, image folder, gt.csv, training folder or None, classes.csv or None)] for --report:
+    each NN_input/NN_gt pair of a tests folder in the checker's layout, or, with --gt, an image
+    folder (or a single test's folder, holding test/images and train/)."""
     if not os.path.isdir(path):
         raise HarnessError(f"test folder not found: {path!r}")
+    if gt_path:
+        single_test = os.path.isdir(os.path.join(path, "test", "images"))
+        if single_test and train_dir is None and os.path.isdir(os.path.join(path, "train")):
+            train_dir = os.path.join(path, "train")
+        image_dir = os.path.join(path, "test", "images") if single_test else path
+        return [("", image_dir, gt_path, train_dir, None)]
     inputs = sorted(name for name in os.listdir(path) if name.endswith("_input"))
-    if len(inputs) != 1:
-        raise HarnessError(
-            f"{path!r} has {len(inputs)} NN_input folders; expected one, or give IMAGES_DIR --gt GT_CSV"
-        )
-    test_id = inputs[0][: -len("_input")]
-    input_dir = os.path.join(path, inputs[0])
+    if not inputs:
+        raise HarnessError(f"no NN_input folders in {path!r}: give a tests folder, or IMAGES_DIR --gt GT_CSV")
     classes = os.path.join(path, "classes.csv")
-    return (
-        os.path.join(input_dir, "test", "images"),
-        os.path.join(path, f"{test_id}_gt", "gt.csv"),
-        train_dir or os.path.join(input_dir, "train"),
-        classes if os.path.isfile(classes) else None,
-    )
+    test_sets = []
+    for input_name in inputs:
+        test_id = input_name[: -len("_input")]
+        input_dir = os.path.join(path, input_name)
+        test_sets.append(
+            (
+                test_id,
+                os.path.join(input_dir, "test", "images"),
+                os.path.join(path, f"{test_id}_gt", "gt.csv"),
+                train_dir or os.path.join(input_dir, "train"),
+                classes if os.path.isfile(classes) else None,
+            )
+        )
+    return test_sets
 
 
 def _exactly(paths, count, usage):

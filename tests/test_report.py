@@ -135,15 +135,23 @@ def test_html_parses_and_every_picture_decodes(known_case):
     assert sizes[0][0] > 300 and len(sizes) == 1 + 2 + 3 + 3 + 4
 
 
+def _write_test(tests_dir, test_id, extra_gt=None):
+    """One test in the checker's layout: NN_input/{train,test}, NN_gt/gt.csv; returns the test gt."""
+    names = [f"{index:02d}.jpg" for index in range(6)]
+    input_dir = tests_dir / f"{test_id}_input"
+    write_images(input_dir / "test" / "images", names, seed=2)
+    write_images(input_dir / "train" / "images", names, seed=3)
+    labels = {name: index % 3 for index, name in enumerate(names)}
+    run.write_gt(str(input_dir / "train" / "gt.csv"), labels)
+    (tests_dir / f"{test_id}_gt").mkdir()
+    expected = dict(labels, **(extra_gt or {}))
+    run.write_gt(str(tests_dir / f"{test_id}_gt" / "gt.csv"), expected)
+    return expected
+
+
 def test_report_command_on_a_checker_layout_writes_only_the_report(small_model, tmp_path, capsys):
     tests_dir = tmp_path / "tests"
-    names = [f"{index:02d}.jpg" for index in range(6)]
-    write_images(tests_dir / "00_input" / "test" / "images", names, seed=2)
-    write_images(tests_dir / "00_input" / "train" / "images", names, seed=3)
-    labels = {name: index % 3 for index, name in enumerate(names)}
-    run.write_gt(str(tests_dir / "00_input" / "train" / "gt.csv"), labels)
-    (tests_dir / "00_gt").mkdir()
-    run.write_gt(str(tests_dir / "00_gt" / "gt.csv"), dict(labels, **{"not_there.jpg": 1}))
+    expected = _write_test(tests_dir, "00", {"not_there.jpg": 1})
     (tests_dir / "classes.csv").write_text("class_id,name\n0,Least_Auklet\n1,Horned_Lark\n")
     model_path = str(tmp_path / "model.hdf5")
     classification.save_model(small_model, model_path)
@@ -155,12 +163,30 @@ def test_report_command_on_a_checker_layout_writes_only_the_report(small_model, 
     page = output.read_text(encoding="utf-8")
     text = "".join(_parsed(page).text)
     answers = classification.classify(small_model, str(tests_dir / "00_input" / "test" / "images"))
-    expected = run.read_gt(str(tests_dir / "00_gt" / "gt.csv"))
     accuracy = run.score(answers, expected)
     assert f"{accuracy:.3f}" in text and f"top-1 accuracy {accuracy:.4f}" in capsys.readouterr().out
     assert "not_there.jpg: no such image file in the folder" in text
     assert "Least_Auklet" in text and "class 2" in text
     _decoded_images(page)
+
+
+def test_report_command_writes_one_report_per_test_and_takes_a_single_test_with_gt(small_model, tmp_path):
+    tests_dir = tmp_path / "tests"
+    _write_test(tests_dir, "00")
+    _write_test(tests_dir, "01")
+    model_path = str(tmp_path / "model.hdf5")
+    classification.save_model(small_model, model_path, {0: "Least_Auklet"})
+    output = tmp_path / "out"
+    output.mkdir()
+    assert run.main(["--report", str(tests_dir), "--model", model_path, "--output", str(output / "r.html")]) == 0
+    assert sorted(os.listdir(output)) == ["r_00.html", "r_01.html"]
+    single = str(tests_dir / "01_input")
+    gt = str(tests_dir / "01_gt" / "gt.csv")
+    assert run.main(["--report", single, "--gt", gt, "--model", model_path, "--output", str(output / "one.html")]) == 0
+    text = "".join(_parsed((output / "one.html").read_text(encoding="utf-8")).text)
+    # Names from the model file; the test's own images, and training photos from its train folder.
+    assert "Least_Auklet" in text and "Images not predicted" not in text
+    assert "taken for" in text and "no training folder given" not in text
 
 
 def test_report_command_explains_a_folder_without_a_test(tmp_path, capsys):
