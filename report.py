@@ -266,7 +266,7 @@ def _per_class_html(summary, class_names):
     rows = "".join(
         f"<tr><td>{_name(label, class_names)}</td><td class='number'>{correct}/{images}</td>"
         f"<td><div class='bar' style='width:{100 * correct / images:.0f}%'></div></td>"
-        f"<td>{_most_taken_for(summary.confusion, label, class_names)}</td></tr>"
+        f"<td>{_most_taken_for(summary.confusion, label, class_names, images)}</td></tr>"
         for label, images, correct in imperfect
     )
     table = (
@@ -352,13 +352,16 @@ def _pair_files(mistakes, true, guess):
     return dict(sorted(files.items())[:PHOTOS_PER_PAIR])
 
 
-def _most_taken_for(confusion, label, class_names):
-    """"species (count)" of the commonest wrong answer for `label`, or "" where there is none."""
+def _most_taken_for(confusion, label, class_names, images):
+    """"species (count)" of the commonest wrong answer for `label`, and "not predicted (count)" for
+    its images that are missing or do not decode; "" where there are neither."""
     row = confusion[label].copy()
     row[label] = 0
-    if not row.any():
-        return ""
-    return f"{_name(int(np.argmax(row)), class_names)} ({row.max()})"
+    answers = [f"{_name(int(np.argmax(row)), class_names)} ({row.max()})"] if row.any() else []
+    not_predicted = images - confusion[label].sum()
+    if not_predicted:
+        answers.append(f"not predicted ({not_predicted})")
+    return "; ".join(answers)
 
 
 def _thumbnail_uri(path):

@@ -126,6 +126,8 @@ def test_html_parses_and_every_picture_decodes(known_case):
                     "Most confident mistakes", "Images not predicted"):
         assert heading in parsed.headings
     assert "class 2 taken for Rüppell's <Warbler>: 2 images" in parsed.headings
+    # Class 2: one image right, two taken for class 3, one missing (gone_1.png).
+    assert "class 21/4Rüppell's <Warbler> (2); not predicted (1)" in text
     assert "gone_1.png: no such image file in the folder" in text and "broken.png: not a decodable image" in text
     assert f"{summary.top1:.3f}" in text and f"{summary.topk:.3f}" in text
     # The confusion matrix, then one thumbnail per photo shown: the pairs 2->3 (two mistakes, no
