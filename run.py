@@ -211,6 +211,8 @@ def write_report(test_dir, gt_path=None, train_dir=None, classes_path=None, mode
         start = time.time()
         path = output_path if len(test_sets) == 1 else f"{stem}_{test_id}{extension}"
         expected = read_gt(test_gt_path)
+        if not expected:
+            raise HarnessError(f"{test_gt_path}: no image listed under its header, nothing to report on")
         names_path = classes_path or layout_classes
         class_names = read_classes(names_path) if names_path else classification.load_class_names(model_path)
         examples = training_examples(test_train_dir) if test_train_dir else None

@@ -191,9 +191,12 @@ def test_report_command_writes_one_report_per_test_and_takes_a_single_test_with_
     assert "taken for" in text and "no training folder given" not in text
 
 
-def test_report_command_explains_a_folder_without_a_test(tmp_path, capsys):
+def test_report_command_explains_a_folder_without_a_test_and_an_empty_gt(tmp_path, capsys):
     assert run.main(["--report", str(tmp_path)]) == 1
     assert "NN_input" in capsys.readouterr().err
+    (tmp_path / "gt.csv").write_text("filename,class_id\n")
+    assert run.main(["--report", str(tmp_path), "--gt", str(tmp_path / "gt.csv")]) == 1
+    assert "gt.csv: no image listed" in capsys.readouterr().err
 
 
 def test_training_curves_mark_the_kept_epoch_and_train_writes_nothing_but_what_run_saves(train_set, tmp_path):
