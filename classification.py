@@ -451,6 +451,8 @@ def _validation_set(validation, num_classes):
     if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
         raise ValueError(f"validation must be (gt mapping, image folder) or None; got {validation!r}")
     gt, image_dir = validation
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"Validation image folder not found: {image_dir!r} (expected a directory of images).")
     names, labels = _validated_training_set(gt, image_dir)
     unknown = sorted(name for name, label in zip(names, labels) if label >= num_classes)
     if unknown:

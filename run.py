@@ -102,7 +102,8 @@ def main(argv=None):
         else:
             (tests_dir,) = _exactly(args.paths, 1, "TESTS_DIR")
             run_all_tests(tests_dir, args.output or tests_dir)
-    except HarnessError as error:
+    # Both name the file or value at fault: one line says it better than a traceback.
+    except (HarnessError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -2,6 +2,7 @@
 the page as a browser reads it, and nothing written but what is asked for."""
 
 import base64
+import dataclasses
 import html.parser
 import io
 import os
@@ -242,3 +243,14 @@ def test_run_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         run.main(["--gt", "gt.csv", "tests_dir"])
     assert "--gt goes with --report" in capsys.readouterr().err
+
+
+def test_validation_images_are_checked_before_any_training(train_set, tmp_path):
+    train_gt, folder = train_set
+    with pytest.raises(FileNotFoundError, match="Validation image folder not found: .*no_such_folder"):
+        classification.train(train_gt, folder, classification.FAST_RECIPE, validation=(train_gt, str(tmp_path / "no_such_folder")))
+    with pytest.raises(ValueError, match="class ids the training set has"):
+        classification.train(train_gt, folder, classification.FAST_RECIPE, validation=({"000.jpg": 7}, folder))
+    split_recipe = dataclasses.replace(classification.FAST_RECIPE, validation_fraction=0.25)
+    with pytest.raises(ValueError, match="one or the other"):
+        classification.train(train_gt, folder, split_recipe, validation=(train_gt, folder))
