@@ -236,7 +236,9 @@ def train(train_gt, train_img_dir, recipe=RECIPE, validation=None):
     for layer in upper_backbone:
         layer.trainable = False
     head_optimizer = keras.optimizers.Adam(recipe.head_learning_rate)
-    history = {"head": _fit(trainer, train_data, validation_data, recipe.head_epochs, head_optimizer, recipe, keep_best_epoch)}
+    history = {
+        "head": _fit(trainer, train_data, validation_data, recipe.head_epochs, head_optimizer, recipe, keep_best_epoch)
+    }
 
     for layer in upper_backbone:
         layer.trainable = True
@@ -438,7 +440,9 @@ def _validated_class_names(class_names):
     bad = [
         f"{label!r}: {name!r}"
         for label, name in class_names.items()
-        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or label < 0
+        if isinstance(label, (bool, np.bool_))
+        or not isinstance(label, (int, np.integer))
+        or label < 0
         or not isinstance(name, str)
     ]
     if bad:

@@ -14,8 +14,9 @@ never `pyplot`: no global state, no GUI backend, nothing shown on screen. Photos
 are, as JPEG thumbnails in the page, with their names and probabilities as HTML text beside them:
 sharp and selectable at any zoom, and made in a fiftieth of the time a matplotlib grid of the same
 photos takes (0.03 s against 1.4 s for the 27 photos of the most-confused pairs), which keeps the
-report within 20 % of the time of the predictions it is made from (studies/README.md). The per-species accuracies are a table with
-bars, which shows names, counts and the commonest wrong answer together.
+report within 20 % of the time of the predictions it is made from (studies/README.md). The
+per-species accuracies are a table with bars, which shows names, counts and the commonest wrong
+answer together.
 """
 
 import base64
@@ -125,7 +126,12 @@ def summarise(evaluation):
     wrong = np.flatnonzero(predicted != truth)
     mistakes = sorted(
         (
-            (evaluation.files[index], int(truth[index]), int(predicted[index]), float(probabilities[index, predicted[index]]))
+            (
+                evaluation.files[index],
+                int(truth[index]),
+                int(predicted[index]),
+                float(probabilities[index, predicted[index]]),
+            )
             for index in wrong
         ),
         key=lambda mistake: (-mistake[3], mistake[0]),
@@ -223,8 +229,15 @@ def confusion_figure(confusion, class_names):
     axes.tick_params(which="minor", length=0)
     for true, guess in zip(*np.nonzero(confusion)):
         light = shares[true, guess] < 0.6
-        axes.text(guess, true, str(confusion[true, guess]), ha="center", va="center", fontsize=font_size - 1,
-                  color="black" if light else "white")
+        axes.text(
+            guess,
+            true,
+            str(confusion[true, guess]),
+            ha="center",
+            va="center",
+            fontsize=font_size - 1,
+            color="black" if light else "white",
+        )
     return figure
 
 
@@ -244,8 +257,16 @@ def training_curves(history):
                 continue
             values = history["head"][prefix + key] + history["fine_tune"][prefix + key]
             axes.plot(epochs, values, color=colour, marker=".", markersize=4, label=label)
-            axes.plot(kept, [values[epoch - 1] for epoch in kept], linestyle="none", marker="*", markersize=12,
-                      color=colour, markeredgecolor="black", label=f"kept ({label})")
+            axes.plot(
+                kept,
+                [values[epoch - 1] for epoch in kept],
+                linestyle="none",
+                marker="*",
+                markersize=12,
+                color=colour,
+                markeredgecolor="black",
+                label=f"kept ({label})",
+            )
         axes.set_xlabel("epoch")
         axes.set_ylabel(key)
         axes.set_xlim(0.5, epochs[-1] + 0.5)
@@ -291,8 +312,12 @@ def _pairs_html(summary, pairs, class_names, image_dir, training_examples, thumb
         true_name, guess_name = _caption_name(true, class_names), _caption_name(guess, class_names)
         shown = [_photo(thumbnails, training_examples.get(true), f"training photo<br>{true_name}", "truth")]
         shown += [
-            _photo(thumbnails, os.path.join(image_dir, file), f"{html.escape(file)}<br>{probability:.0%} {guess_name}",
-                   "mistake")
+            _photo(
+                thumbnails,
+                os.path.join(image_dir, file),
+                f"{html.escape(file)}<br>{probability:.0%} {guess_name}",
+                "mistake",
+            )
             for file, probability in _pair_files(summary.mistakes, true, guess).items()
         ]
         shown.append(_photo(thumbnails, training_examples.get(guess), f"training photo<br>{guess_name}", "answer"))
@@ -301,7 +326,8 @@ def _pairs_html(summary, pairs, class_names, image_dir, training_examples, thumb
             f"image{'s' if count > 1 else ''}</h3><div class='photos'>{''.join(shown)}</div></div>"
         )
     listed = "".join(
-        f"<tr><td>{_name(true, class_names)}</td><td>{_name(guess, class_names)}</td><td class='number'>{count}</td></tr>"
+        f"<tr><td>{_name(true, class_names)}</td><td>{_name(guess, class_names)}</td>"
+        f"<td class='number'>{count}</td></tr>"
         for true, guess, count in summary.pairs
     )
     return (
@@ -353,7 +379,7 @@ def _pair_files(mistakes, true, guess):
 
 
 def _most_taken_for(confusion, label, class_names, images):
-    """"species (count)" of the commonest wrong answer for `label`, and "not predicted (count)" for
+    """ "species (count)" of the commonest wrong answer for `label`, and "not predicted (count)" for
     its images that are missing or do not decode; "" where there are neither."""
     row = confusion[label].copy()
     row[label] = 0
@@ -404,7 +430,8 @@ _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1250px; padding: 0 1em; color: #222; }}
-h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }}
+h1 {{ font-size: 1.5em; }}
+h2 {{ font-size: 1.2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }}
 img {{ max-width: 100%; height: auto; display: block; }}
 .cards {{ display: flex; flex-wrap: wrap; gap: .8em; }}
 .card {{ border: 1px solid #ddd; border-radius: 6px; padding: .6em 1em; min-width: 8em; color: #555; }}
@@ -420,7 +447,8 @@ h3 {{ font-size: 1em; margin: 1.2em 0 .4em; }}
 .photos {{ display: flex; flex-wrap: wrap; gap: .6em; align-items: flex-start; }}
 figure {{ margin: 0; width: 164px; font-size: .78em; overflow-wrap: anywhere; }}
 figure img, figure .none {{ border: 3px solid #ccc; box-sizing: border-box; }}
-figure .none {{ width: 164px; height: 110px; display: flex; align-items: center; justify-content: center; color: #999; }}
+figure .none {{ width: 164px; height: 110px; display: flex; align-items: center; justify-content: center;
+  color: #999; }}
 figure.truth img {{ border-color: #2e8b2e; }} figure.mistake img {{ border-color: #d03030; }}
 figure.answer img {{ border-color: #e08a00; }}
 </style></head>

@@ -65,24 +65,40 @@ def main(argv=None):
     modes.add_argument("--predict", action="store_true", help="label images: [IMAGE_OR_DIR ...]")
     modes.add_argument("--report", action="store_true", help="evaluation report: TESTS_DIR, or IMAGES_DIR --gt GT_CSV")
     parser.add_argument(
-        "--output", metavar="PATH", help="harness: where NN_output folders go (default: TESTS_DIR); "
-        "--predict: a CSV to write; --report: the HTML file (default: report.html)"
+        "--output",
+        metavar="PATH",
+        help="harness: where NN_output folders go (default: TESTS_DIR); "
+        "--predict: a CSV to write; --report: the HTML file (default: report.html)",
     )
     parser.add_argument("--classes", metavar="CSV", help="species names: a CSV with header class_id,name")
     parser.add_argument(
-        "--model", metavar="PATH", default=MODEL_PATH, help="--predict, --report: the model file (default: birds_model.hdf5)"
+        "--model",
+        metavar="PATH",
+        default=MODEL_PATH,
+        help="--predict, --report: the model file (default: birds_model.hdf5)",
     )
-    parser.add_argument("--top-k", type=int, metavar="K", help=f"--predict: answers per image (default {DEFAULT_TOP_K})")
-    parser.add_argument("--gt", metavar="CSV", help="--report: the labels (filename,class_id) of IMAGES_DIR")
-    parser.add_argument("--train-dir", metavar="DIR", help="--report: training folder (gt.csv, images/) for example photos")
     parser.add_argument(
-        "--validation", nargs=2, metavar=("IMAGES_DIR", "GT_CSV"),
+        "--top-k", type=int, metavar="K", help=f"--predict: answers per image (default {DEFAULT_TOP_K})"
+    )
+    parser.add_argument("--gt", metavar="CSV", help="--report: the labels (filename,class_id) of IMAGES_DIR")
+    parser.add_argument(
+        "--train-dir", metavar="DIR", help="--report: training folder (gt.csv, images/) for example photos"
+    )
+    parser.add_argument(
+        "--validation",
+        nargs=2,
+        metavar=("IMAGES_DIR", "GT_CSV"),
         help="--train: images kept apart, scored after every epoch for the curves (never used to choose)",
     )
     parser.add_argument("paths", nargs="*", metavar="PATH")
     args = parser.parse_args(argv)
     mode = "train" if args.train else "predict" if args.predict else "report" if args.report else None
-    for option, option_mode in (("gt", "report"), ("train_dir", "report"), ("validation", "train"), ("top_k", "predict")):
+    for option, option_mode in (
+        ("gt", "report"),
+        ("train_dir", "report"),
+        ("validation", "train"),
+        ("top_k", "predict"),
+    ):
         if getattr(args, option) is not None and mode != option_mode:
             parser.error(f"--{option.replace('_', '-')} goes with --{option_mode}")
     try:
@@ -113,7 +129,9 @@ def train_and_save(train_dir, model_path, classes_path=None, validation=None, re
     """The command that made birds_model.hdf5: train with the full recipe, save the model with its
     species names, and the training curves beside it. (Tests pass a smaller `recipe`.)"""
     if not str(model_path).endswith(classification.HDF5_SUFFIXES):
-        raise HarnessError(f"the model path must end with {' or '.join(classification.HDF5_SUFFIXES)}; got {model_path!r}")
+        raise HarnessError(
+            f"the model path must end with {' or '.join(classification.HDF5_SUFFIXES)}; got {model_path!r}"
+        )
     train_gt = read_gt(os.path.join(train_dir, "gt.csv"))
     class_names = read_classes(classes_path) if classes_path else {}
     if not class_names:
@@ -200,7 +218,9 @@ def write_predictions(path, predictions):
         raise HarnessError(f"cannot write {path!r} ({error.strerror})")
 
 
-def write_report(test_dir, gt_path=None, train_dir=None, classes_path=None, model_path=MODEL_PATH, output_path="report.html"):
+def write_report(
+    test_dir, gt_path=None, train_dir=None, classes_path=None, model_path=MODEL_PATH, output_path="report.html"
+):
     """HTML evaluation reports of the model, each from one pass of predictions: one for an image
     folder with `gt_path`, or one per NN_input folder of a tests folder (named OUTPUT_NN.html when
     there are several). Returns {report path: report.Summary}."""
@@ -292,7 +312,9 @@ def mark(accuracy):
 
 def load_model(path):
     if not os.path.isfile(path):
-        raise HarnessError(f"model file not found: {path!r} (re-create it with: python run.py --train TRAIN_DIR {path})")
+        raise HarnessError(
+            f"model file not found: {path!r} (re-create it with: python run.py --train TRAIN_DIR {path})"
+        )
     try:
         # Not compiled: these commands only predict, and the file holds no training configuration.
         return keras.models.load_model(path, compile=False)
@@ -309,7 +331,9 @@ def load_model(path):
 def read_gt(path):
     """Read a filename,class_id CSV (with that header) into {filename: int}."""
     labels = {}
-    for line_number, (name, label) in _read_table(path, ("filename", "class_id"), "a CSV with header filename,class_id"):
+    for line_number, (name, label) in _read_table(
+        path, ("filename", "class_id"), "a CSV with header filename,class_id"
+    ):
         if not name or not label.isdigit():
             raise HarnessError(f"{path}, line {line_number}: expected 'filename,class_id', got {name!r}, {label!r}")
         if name in labels and labels[name] != int(label):

@@ -44,7 +44,9 @@ def main():
             start = time.time()
             evaluation = report.evaluate(model, image_dir, expected)
             summary = report.summarise(evaluation)
-            page = report.html_report(evaluation, summary, class_names, image_dir, examples, "bench", run.mark(summary.top1))
+            page = report.html_report(
+                evaluation, summary, class_names, image_dir, examples, "bench", run.mark(summary.top1)
+            )
             with open(os.path.join(folder, "report.html"), "w", encoding="utf-8") as file:
                 file.write(page)
             report_seconds.append(time.time() - start)
@@ -53,9 +55,12 @@ def main():
     print("|---|---|---|---|")
     for index, (classify_time, report_time) in enumerate(zip(classify_seconds, report_seconds), start=1):
         print(f"| {index} | {classify_time:.2f} | {report_time:.2f} | {report_time / classify_time:.2f} |")
-    ratio = statistics.median(report_seconds) / statistics.median(classify_seconds)
-    print(f"median: classify {statistics.median(classify_seconds):.2f} s, report {statistics.median(report_seconds):.2f} s, "
-          f"ratio {ratio:.2f} (bound 1.2); {len(expected)} images, page {len(page) / 2**20:.2f} MiB")
+    classify_median, report_median = statistics.median(classify_seconds), statistics.median(report_seconds)
+    print(
+        f"median: classify {classify_median:.2f} s, report {report_median:.2f} s, "
+        f"ratio {report_median / classify_median:.2f} (bound 1.2); {len(expected)} images, "
+        f"page {len(page) / 2**20:.2f} MiB"
+    )
 
 
 if __name__ == "__main__":

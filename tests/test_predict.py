@@ -36,8 +36,9 @@ def test_top_k_answers_are_sorted_probabilities_with_names_and_a_fallback(small_
     predictions = classification.predict(small_model, image_folder, top_k=3, class_names=names)
     assert sorted(predictions) == sorted(classification.image_files(image_folder))
     expected_probabilities = small_model.predict(
-        np.stack([classification._load_image(os.path.join(image_folder, name), 64) for name in sorted(predictions)])
-        .astype("float32"),
+        np.stack(
+            [classification._load_image(os.path.join(image_folder, name), 64) for name in sorted(predictions)]
+        ).astype("float32"),
         verbose=0,
     )
     for (file, answers), row in zip(sorted(predictions.items()), expected_probabilities):
@@ -46,7 +47,11 @@ def test_top_k_answers_are_sorted_probabilities_with_names_and_a_fallback(small_
         assert probabilities == sorted(probabilities, reverse=True)
         assert sum(probabilities) <= 1 + 1e-6
         assert sorted(answer.class_id for answer in answers) == list(range(NUM_CLASSES))
-        assert {answer.class_id: answer.name for answer in answers} == {0: "Least_Auklet", 1: "Horned_Lark", 2: "class 2"}
+        assert {answer.class_id: answer.name for answer in answers} == {
+            0: "Least_Auklet",
+            1: "Horned_Lark",
+            2: "class 2",
+        }
         np.testing.assert_allclose(probabilities, np.sort(row)[::-1], atol=1e-5)
         assert answers[0].class_id == classification.classify(small_model, image_folder)[file]
 
@@ -117,7 +122,9 @@ def test_predict_command_writes_the_csv_asked_for_and_nothing_else(named_model_p
     assert rows[0] == ["filename", "class_id", "name", "probability", "class_id_2", "name_2", "probability_2"]
     assert len(rows) == 1 + 5 + 1
     model = keras.models.load_model(named_model_path)
-    labels = {os.path.join(image_folder, name): label for name, label in classification.classify(model, image_folder).items()}
+    labels = {
+        os.path.join(image_folder, name): label for name, label in classification.classify(model, image_folder).items()
+    }
     labels[one_file] = classification.classify(model, os.path.dirname(one_file))["one.jpg"]
     assert sorted(row[0] for row in rows[1:]) == sorted(labels)
     for row in rows[1:]:

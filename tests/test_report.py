@@ -119,12 +119,18 @@ def test_html_parses_and_every_picture_decodes(known_case):
     evaluation, folder = known_case
     summary = report.summarise(evaluation)
     examples = {label: os.path.join(folder, f"{label:02d}.png") for label in (0, 1)}
-    page = report.html_report(evaluation, summary, {0: "Least_Auklet", 3: "Rüppell's <Warbler>"}, folder, examples,
-                              "a <title>", mark=4)
+    page = report.html_report(
+        evaluation, summary, {0: "Least_Auklet", 3: "Rüppell's <Warbler>"}, folder, examples, "a <title>", mark=4
+    )
     parsed = _parsed(page)
     text = "".join(parsed.text)
-    for heading in ("Accuracy per species, worst first", "Confusion matrix", "Most-confused pairs",
-                    "Most confident mistakes", "Images not predicted"):
+    for heading in (
+        "Accuracy per species, worst first",
+        "Confusion matrix",
+        "Most-confused pairs",
+        "Most confident mistakes",
+        "Images not predicted",
+    ):
         assert heading in parsed.headings
     assert "class 2 taken for Rüppell's <Warbler>: 2 images" in parsed.headings
     # Class 2: one image right, two taken for class 3, one missing (gone_1.png).
@@ -228,8 +234,9 @@ def test_train_command_saves_the_model_with_names_and_the_curves_beside_it(train
     (tmp_path / "classes.csv").write_text("class_id,name\n0,Least_Auklet\n1,Horned_Lark\n2,Gadwall\n")
     models = tmp_path / "models"
     models.mkdir()
-    run.train_and_save(str(train_dir), str(models / "mine.hdf5"), str(tmp_path / "classes.csv"),
-                       recipe=classification.FAST_RECIPE)
+    run.train_and_save(
+        str(train_dir), str(models / "mine.hdf5"), str(tmp_path / "classes.csv"), recipe=classification.FAST_RECIPE
+    )
     assert sorted(os.listdir(models)) == ["mine.hdf5", "mine_training.png"]
     assert classification.load_class_names(str(models / "mine.hdf5"))[2] == "Gadwall"
 
@@ -248,7 +255,9 @@ def test_run_help_lists_every_command(capsys):
 def test_validation_images_are_checked_before_any_training(train_set, tmp_path):
     train_gt, folder = train_set
     with pytest.raises(FileNotFoundError, match="Validation image folder not found: .*no_such_folder"):
-        classification.train(train_gt, folder, classification.FAST_RECIPE, validation=(train_gt, str(tmp_path / "no_such_folder")))
+        classification.train(
+            train_gt, folder, classification.FAST_RECIPE, validation=(train_gt, str(tmp_path / "no_such_folder"))
+        )
     with pytest.raises(ValueError, match="class ids the training set has"):
         classification.train(train_gt, folder, classification.FAST_RECIPE, validation=({"000.jpg": 7}, folder))
     split_recipe = dataclasses.replace(classification.FAST_RECIPE, validation_fraction=0.25)
