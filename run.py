@@ -132,6 +132,10 @@ def train_and_save(train_dir, model_path, classes_path=None, validation=None, re
         raise HarnessError(
             f"the model path must end with {' or '.join(classification.HDF5_SUFFIXES)}; got {model_path!r}"
         )
+    # Checked before minutes of training, which a model that cannot be saved would lose.
+    model_dir = os.path.dirname(os.path.abspath(model_path))
+    if not os.access(model_dir, os.W_OK):
+        raise HarnessError(f"cannot write the model to {model_path!r}: {model_dir!r} is not a writable folder")
     train_gt = read_gt(os.path.join(train_dir, "gt.csv"))
     class_names = read_classes(classes_path) if classes_path else {}
     if not class_names:

@@ -239,6 +239,8 @@ def test_train_command_saves_the_model_with_names_and_the_curves_beside_it(train
     )
     assert sorted(os.listdir(models)) == ["mine.hdf5", "mine_training.png"]
     assert classification.load_class_names(str(models / "mine.hdf5"))[2] == "Gadwall"
+    with pytest.raises(run.HarnessError, match="not a writable folder"):
+        run.train_and_save(str(train_dir), str(tmp_path / "no_such_folder" / "mine.hdf5"))
 
 
 def test_run_help_lists_every_command(capsys):
