@@ -338,6 +338,17 @@ def class_name(class_id, class_names):
     return class_names.get(class_id) or f"class {class_id}"
 
 
+def open_image(path, size):
+    """Any common image file as an upright RGB Pillow image, decoded at a reduced scale where
+    the format allows (JPEG), but at least `size` pixels a side: what the model's pipeline and
+    the report's thumbnails both start from. 16-bit and float pixels are scaled, transparency
+    becomes white."""
+    with Image.open(path) as image:
+        # Big JPEGs decode at a reduced scale directly, which is faster and uses less memory.
+        image.draft("RGB", (size, size))
+        return _to_rgb(ImageOps.exif_transpose(image))
+
+
 def save_model(model, path, class_names=None):
     """Save `model` as one HDF5 file that Keras 2.15 and Keras 3 (any backend) open with plain
     `keras.models.load_model`, giving the same probabilities; with `class_names` ({class id:
@@ -348,8 +359,7 @@ def save_model(model, path, class_names=None):
     rewrites the few keys where they differ to the Keras 2 spelling, which both read. The optimizer
     is left out: the file is for predicting, and optimizer configurations do not cross versions.
     """
-    if not str(path).endswith(HDF5_SUFFIXES):
-        raise ValueError(f"save_model writes HDF5: the path must end with {' or '.join(HDF5_SUFFIXES)}; got {path!r}")
+    check_model_path(path)
     names = _validated_class_names(class_names or {})
     model.save(path, include_optimizer=False)
     with h5py.File(path, "r+") as file:
@@ -358,6 +368,13 @@ def save_model(model, path, class_names=None):
         file.attrs["model_config"] = json.dumps(config)
         if names:
             file.attrs[CLASS_NAMES_ATTRIBUTE] = json.dumps({str(label): name for label, name in sorted(names.items())})
+
+
+def check_model_path(path):
+    """Raise ValueError unless `path` names an HDF5 file, the one format `save_model` writes: what
+    callers check before training, so that the model is not lost when it is saved."""
+    if not str(path).endswith(HDF5_SUFFIXES):
+        raise ValueError(f"save_model writes HDF5: the path must end with {' or '.join(HDF5_SUFFIXES)}; got {path!r}")
 
 
 def load_class_names(path):
@@ -398,10 +415,13 @@ def _keras2_node(node):
     return [list(tensor["config"]["keras_history"]) + [{}] for tensor in tensors]
 
 
-def _validated_training_set(train_gt, train_img_dir):
-    """Check `train_gt` against `train_img_dir`; return names and labels as arrays, sorted by name."""
+def _validated_training_set(train_gt, train_img_dir, subset="training"):
+    """Check `train_gt` against `train_img_dir` (the `subset`'s images, named in messages); return
+    names and labels as arrays, sorted by name."""
     if not os.path.isdir(train_img_dir):
-        raise FileNotFoundError(f"Training image folder not found: {train_img_dir!r} (expected a directory of images).")
+        raise FileNotFoundError(
+            f"{subset.capitalize()} image folder not found: {train_img_dir!r} (expected a directory of images)."
+        )
     if not isinstance(train_gt, collections.abc.Mapping):
         raise ValueError(f"train_gt must be a mapping of image file name to class id; got a {type(train_gt).__name__}.")
     if not train_gt:
@@ -420,17 +440,18 @@ def _validated_training_set(train_gt, train_img_dir):
         raise FileNotFoundError(
             f"{len(missing)} image(s) named in train_gt are not files in {train_img_dir!r}: {', '.join(missing)}"
         )
-    bad_labels = sorted(
-        name
-        for name, label in train_gt.items()
-        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or label < 0
-    )
+    bad_labels = sorted(name for name, label in train_gt.items() if not _is_class_id(label))
     if bad_labels:
         found = ", ".join(f"{name}={train_gt[name]!r}" for name in bad_labels)
         raise ValueError(f"train_gt labels must be non-negative integers; got {found}")
     names = np.array(sorted(train_gt))
     labels = np.array([int(train_gt[name]) for name in names])
     return names, labels
+
+
+def _is_class_id(value):
+    """A non-negative integer (NumPy's included), not a bool."""
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer)) and value >= 0
 
 
 def _validated_class_names(class_names):
@@ -440,10 +461,7 @@ def _validated_class_names(class_names):
     bad = [
         f"{label!r}: {name!r}"
         for label, name in class_names.items()
-        if isinstance(label, (bool, np.bool_))
-        or not isinstance(label, (int, np.integer))
-        or label < 0
-        or not isinstance(name, str)
+        if not _is_class_id(label) or not isinstance(name, str)
     ]
     if bad:
         raise ValueError(f"class_names must map non-negative integer ids to names (str); got {', '.join(bad)}")
@@ -455,9 +473,7 @@ def _validation_set(validation, num_classes):
     if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
         raise ValueError(f"validation must be (gt mapping, image folder) or None; got {validation!r}")
     gt, image_dir = validation
-    if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"Validation image folder not found: {image_dir!r} (expected a directory of images).")
-    names, labels = _validated_training_set(gt, image_dir)
+    names, labels = _validated_training_set(gt, image_dir, "validation")
     unknown = sorted(name for name, label in zip(names, labels) if label >= num_classes)
     if unknown:
         raise ValueError(
@@ -710,12 +726,8 @@ def _augmented(image, recipe, rng):
 
 def _load_image(path, image_size):
     """Decode any common image file to an upright RGB uint8 array of image_size x image_size."""
-    with Image.open(path) as image:
-        # Big JPEGs decode at a reduced scale directly, which is faster and uses less memory.
-        image.draft("RGB", (image_size, image_size))
-        image = ImageOps.exif_transpose(image)
-        image = _to_rgb(image)
-        return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR))
+    image = open_image(path, image_size)
+    return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR))
 
 
 def _to_rgb(image):

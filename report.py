@@ -30,7 +30,6 @@ import time
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image, ImageOps
 
 import classification
 
@@ -394,12 +393,10 @@ def _most_taken_for(confusion, label, class_names, images):
 
 def _thumbnail_uri(path):
     """The photo upright, its longest side THUMBNAIL_SIZE, as a JPEG data URI."""
-    with Image.open(path) as image:
-        image.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        image = classification._to_rgb(ImageOps.exif_transpose(image))
-        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
+    image = classification.open_image(path, THUMBNAIL_SIZE)
+    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

@@ -128,10 +128,10 @@ def main(argv=None):
 def train_and_save(train_dir, model_path, classes_path=None, validation=None, recipe=classification.RECIPE):
     """The command that made birds_model.hdf5: train with the full recipe, save the model with its
     species names, and the training curves beside it. (Tests pass a smaller `recipe`.)"""
-    if not str(model_path).endswith(classification.HDF5_SUFFIXES):
-        raise HarnessError(
-            f"the model path must end with {' or '.join(classification.HDF5_SUFFIXES)}; got {model_path!r}"
-        )
+    try:
+        classification.check_model_path(model_path)
+    except ValueError as error:
+        raise HarnessError(str(error)) from error
     # Checked before minutes of training, which a model that cannot be saved would lose.
     model_dir = os.path.dirname(os.path.abspath(model_path))
     if not os.access(model_dir, os.W_OK):
@@ -160,7 +160,7 @@ def predict_files(images, model_path, top_k, output_path=None, classes_path=None
     if top_k < 1:
         raise HarnessError(f"--top-k must be at least 1; got {top_k}")
     model = load_model(model_path)
-    class_names = read_classes(classes_path) if classes_path else classification.load_class_names(model_path)
+    class_names = _class_names(classes_path, model_path)
     top_k = min(top_k, model.output_shape[-1])
     predictions = {}
     for path in images:
@@ -238,8 +238,7 @@ def write_report(
         expected = read_gt(test_gt_path)
         if not expected:
             raise HarnessError(f"{test_gt_path}: no image listed under its header, nothing to report on")
-        names_path = classes_path or layout_classes
-        class_names = read_classes(names_path) if names_path else classification.load_class_names(model_path)
+        class_names = _class_names(classes_path or layout_classes, model_path)
         examples = training_examples(test_train_dir) if test_train_dir else None
         evaluation = report.evaluate(model, image_dir, expected)
         summary = report.summarise(evaluation)
@@ -281,17 +280,11 @@ def run_single_test(data_dir, output_dir):
 def run_all_tests(tests_dir, output_root):
     """Every NN_input folder in tests_dir: run it, write output_root/NN_output/output.csv and score
     it against tests_dir/NN_gt/gt.csv."""
-    if not os.path.isdir(tests_dir):
-        raise HarnessError(f"tests folder not found: {tests_dir!r}")
-    inputs = sorted(name for name in os.listdir(tests_dir) if name.endswith("_input"))
-    if not inputs:
-        raise HarnessError(f"no NN_input folders in {tests_dir!r}")
     accuracies = []
-    for input_name in inputs:
-        test_id = input_name[: -len("_input")]
+    for test_id, input_dir, gt_path in _tests(tests_dir):
         output_dir = os.path.join(output_root, f"{test_id}_output")
-        expected = read_gt(os.path.join(tests_dir, f"{test_id}_gt", "gt.csv"))
-        train_seconds, classify_seconds = run_single_test(os.path.join(tests_dir, input_name), output_dir)
+        expected = read_gt(gt_path)
+        train_seconds, classify_seconds = run_single_test(input_dir, output_dir)
         accuracy = score(read_gt(os.path.join(output_dir, "output.csv")), expected)
         accuracies.append(accuracy)
         print(
@@ -422,32 +415,44 @@ def _test_sets(path, gt_path, train_dir):
     """[(test id, image folder, gt.csv, training folder or None, classes.csv or None)] for --report:
     each NN_input/NN_gt pair of a tests folder in the checker's layout, or, with --gt, an image
     folder (or a single test's folder, holding test/images and train/)."""
-    if not os.path.isdir(path):
-        raise HarnessError(f"test folder not found: {path!r}")
     if gt_path:
+        if not os.path.isdir(path):
+            raise HarnessError(f"test folder not found: {path!r}")
         single_test = os.path.isdir(os.path.join(path, "test", "images"))
         if single_test and train_dir is None and os.path.isdir(os.path.join(path, "train")):
             train_dir = os.path.join(path, "train")
         image_dir = os.path.join(path, "test", "images") if single_test else path
         return [("", image_dir, gt_path, train_dir, None)]
-    inputs = sorted(name for name in os.listdir(path) if name.endswith("_input"))
-    if not inputs:
-        raise HarnessError(f"no NN_input folders in {path!r}: give a tests folder, or IMAGES_DIR --gt GT_CSV")
     classes = os.path.join(path, "classes.csv")
-    test_sets = []
+    return [
+        (
+            test_id,
+            os.path.join(input_dir, "test", "images"),
+            test_gt_path,
+            train_dir or os.path.join(input_dir, "train"),
+            classes if os.path.isfile(classes) else None,
+        )
+        for test_id, input_dir, test_gt_path in _tests(path, " (or give IMAGES_DIR --gt GT_CSV)")
+    ]
+
+
+def _tests(tests_dir, hint=""):
+    """[(test id, NN_input folder, NN_gt/gt.csv)] of a tests folder in the checker's layout."""
+    if not os.path.isdir(tests_dir):
+        raise HarnessError(f"tests folder not found: {tests_dir!r}")
+    inputs = sorted(name for name in os.listdir(tests_dir) if name.endswith("_input"))
+    if not inputs:
+        raise HarnessError(f"no NN_input folders in {tests_dir!r}{hint}")
+    tests = []
     for input_name in inputs:
         test_id = input_name[: -len("_input")]
-        input_dir = os.path.join(path, input_name)
-        test_sets.append(
-            (
-                test_id,
-                os.path.join(input_dir, "test", "images"),
-                os.path.join(path, f"{test_id}_gt", "gt.csv"),
-                train_dir or os.path.join(input_dir, "train"),
-                classes if os.path.isfile(classes) else None,
-            )
-        )
-    return test_sets
+        tests.append((test_id, os.path.join(tests_dir, input_name), os.path.join(tests_dir, f"{test_id}_gt", "gt.csv")))
+    return tests
+
+
+def _class_names(classes_path, model_path):
+    """{class id: name} from a class_id,name CSV if one is given, else from the model file."""
+    return read_classes(classes_path) if classes_path else classification.load_class_names(model_path)
 
 
 def _exactly(paths, count, usage):
