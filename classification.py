@@ -36,7 +36,9 @@ per phase, to prove that training runs. A variant is `dataclasses.replace(RECIPE
 to `train`.
 
 The returned model takes raw RGB pixels (0..255, `IMAGE_SIZE` square): rescaling is a layer
-inside it, so a saved `.hdf5` is self-contained.
+inside it, so a saved `.hdf5` is self-contained. `classify` and `predict` average its
+probabilities over a few views of each image (TEST_VIEWS: the whole image and a crop around the
+bird, which the model's own last feature map locates), so they need nothing but the model.
 
 Re-create the committed model (see README.md):
 
@@ -78,6 +80,23 @@ HDF5_SUFFIXES = (".hdf5", ".h5")
 # Keras ignores attributes it does not know, so plain `keras.models.load_model` still opens the file.
 CLASS_NAMES_ATTRIBUTE = "class_names"
 
+# The feature map that locates the bird for the crop views: the backbone's last activation (7x7 at
+# 224 px, 1280 channels), whose channel mean is high on the object the ImageNet filters respond to
+# (class-agnostic, as in selective convolutional descriptor aggregation, Wei et al. 2017).
+ATTENTION_LAYER = "out_relu"
+# Cells of the attention map that belong to the bird: those above this share of the map's largest
+# value (the crop threshold of WS-DAN, Hu et al. 2019, which draws it from 0.4-0.6).
+CROP_THRESHOLD = 0.5
+# Room around the located bird, as a share of the box's longer side: the box is made square, this
+# much larger, so that a bird cut at a coarse 32-pixel cell keeps its tail and beak.
+CROP_MARGIN = 0.25
+# The views of each image whose probabilities `classify` and `predict` average: the whole image
+# and a crop around the bird (see `predict_probabilities` for the others, and studies/README.md
+# for how they were chosen).
+TEST_VIEWS = ("image", "crop")
+# Every test-time view that `predict_probabilities` knows.
+VIEW_NAMES = ("image", "flipped image", "crop", "flipped crop")
+
 # Threads that decode (and augment) images while the model runs: Pillow releases the GIL while
 # it decodes and resamples, so two keep up with the model on 2 cores.
 DECODE_THREADS = 2
@@ -94,6 +113,9 @@ class Recipe:
     seed: int = 1234
     # Augmented views cached per training image (the first is the plain image).
     views: int = 8
+    # Augmented views of the crop around the bird (ATTENTION_LAYER of the ImageNet backbone, the
+    # first plain), cached beside `views`; each epoch draws one of all of them.
+    crop_views: int = 0
     head_epochs: int = 4
     # 32 fine-tuning epochs: in 3-fold cross-validation on the training images, 32 epochs beat 16
     # (0.922 vs 0.909 validation accuracy, two seeds each).
@@ -135,6 +157,17 @@ class Recipe:
     translation_factor: float = 0.1
     rotation_factor: float = 0.03
     contrast_factor: float = 0.2
+
+    def __post_init__(self):
+        counts = {"views": (self.views, 1), "crop_views": (self.crop_views, 0)}
+        counts.update(head_epochs=(self.head_epochs, 0), fine_tune_epochs=(self.fine_tune_epochs, 0))
+        bad = [
+            f"{name}={value!r} (expected an integer >= {least})"
+            for name, (value, least) in counts.items()
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least
+        ]
+        if bad:
+            raise ValueError(f"Recipe: {', '.join(bad)}")
 
 
 # One of the top-k answers of `predict`.
@@ -210,13 +243,12 @@ def train(train_gt, train_img_dir, recipe=RECIPE, validation=None):
         validation_paths, validation_labels = _validation_set(validation, num_classes)
 
     model, head_layers = _build_model(num_classes, IMAGE_SIZE, recipe, weights="imagenet")
-    lower = keras.Model(model.inputs, model.get_layer(recipe.split_layer).output, name="lower")
     train_paths = [paths[i] for i in train_index]
-    train_views, train_decoded = _cached_views(lower, train_paths, recipe, rng, "train")
-    # One plain view; with views=1 no random number is drawn, so the training views, shuffles
-    # and weights are the same whatever the validation images.
+    train_views, train_decoded = _cached_views(model, train_paths, recipe, rng, "train")
+    # One plain view; with views=1 and no crops no random number is drawn, so the training views,
+    # shuffles and weights are the same whatever the validation images.
     validation_views, validation_decoded = _cached_views(
-        lower, validation_paths, dataclasses.replace(recipe, views=1), rng, "validation"
+        model, validation_paths, dataclasses.replace(recipe, views=1, crop_views=0), rng, "validation"
     )
     if not train_decoded.any():
         raise ValueError(f"None of the {len(train_index)} training images in {train_img_dir!r} could be decoded.")
@@ -260,7 +292,8 @@ def classify(model, test_img_dir):
     Image files are those with an extension in IMAGE_EXTENSIONS (any letter case); other files
     and subfolders are ignored. Files that cannot be decoded are skipped with one warning that
     lists them all. The images are decoded and resized on background threads while the model
-    runs, `BATCH_SIZE` at a time.
+    runs, `BATCH_SIZE` at a time; each label is the most probable class of the probabilities
+    averaged over TEST_VIEWS (`predict_probabilities`).
     """
     names = image_files(test_img_dir)
     decoded, probabilities = predict_probabilities(model, [os.path.join(test_img_dir, name) for name in names])
@@ -304,20 +337,36 @@ def predict(model, images, top_k=5, class_names=None):
     }
 
 
-def predict_probabilities(model, paths):
+def predict_probabilities(model, paths, views=TEST_VIEWS):
     """Run `model` on the image files `paths`, streamed in batches with a progress bar.
+
+    `views` names the views of each image whose probabilities are averaged, from VIEW_NAMES:
+    "image" (the whole image), "flipped image" (its mirror image), "crop" (a square crop around
+    the bird, located by the model's own `ATTENTION_LAYER` on the whole image, `_bird_boxes`) and
+    "flipped crop". The default, TEST_VIEWS, is what `classify` and `predict` use.
 
     Returns (indices into `paths` of the files that decoded, in order; their class
     probabilities, float32 of shape (len(indices), number of classes)). The others are skipped
     with one warning that lists them. `classify`, `predict` and the evaluation report all make
     their one pass over the images here.
     """
+    views = _validated_views(views)
     image_size = model.input_shape[1]
+    locator = None
+    if {"crop", "flipped crop"} & set(views):
+        layer_names = [layer.name for layer in model.layers]
+        if ATTENTION_LAYER not in layer_names:
+            raise ValueError(
+                f"crop views need the layer {ATTENTION_LAYER!r} that locates the bird, which this model lacks; "
+                f"use views without crops, such as ('image',)"
+            )
+        # One call gives the probabilities of the whole image and the map that locates the bird.
+        locator = keras.Model(model.inputs, [model.output, model.get_layer(ATTENTION_LAYER).output])
     decoded, probabilities = [], []
     progress = keras.utils.Progbar(len(paths), unit_name="image")
     for indices, images in _image_batches(paths, image_size):
         decoded.append(indices)
-        probabilities.append(np.asarray(model.predict_on_batch(images.astype("float32")), np.float32))
+        probabilities.append(_averaged_over_views(model, locator, images, views))
         progress.add(len(indices))
     if not decoded:
         return np.zeros(0, int), np.zeros((0, model.output_shape[-1]), np.float32)
@@ -555,25 +604,42 @@ def _freeze_batch_normalization(model_layers):
             layer.trainable = False
 
 
-def _cached_views(lower, paths, recipe, rng, subset):
-    """Run the frozen lower part once per view of every image.
+def _cached_views(model, paths, recipe, rng, subset):
+    """Run the frozen lower part of `model` (up to `recipe.split_layer`) once per view of every image.
 
     Returns float16 activations of shape (views, images, height, width, channels), and a boolean
     array that says which images decoded (the others are skipped with a warning and stay zero).
-    View 0 is the plain image, the others are random augmented views (`_augmented`)."""
+    View 0 is the plain image, views 1 to `recipe.views` - 1 random augmented views (`_augmented`);
+    then come `recipe.crop_views` views of the crop around the bird, the first plain, the crop
+    located on view 0 by the backbone's `ATTENTION_LAYER` (`_bird_boxes`)."""
+    lower_output = model.get_layer(recipe.split_layer).output
+    lower = keras.Model(model.inputs, lower_output, name="lower")
+    # View 0 runs the whole backbone once where crops are wanted, for the map that locates the bird.
+    locator = keras.Model(model.inputs, [lower_output, model.get_layer(ATTENTION_LAYER).output], name="locator")
+    image_size = lower.input_shape[1]
     height, width, channels = lower.output_shape[1:]
-    cache = np.zeros((recipe.views, len(paths), height, width, channels), np.float16)
-    print(f"Caching {recipe.views} view(s) of {len(paths)} {subset} images at {recipe.split_layer}")
+    total_views = recipe.views + recipe.crop_views
+    cache = np.zeros((total_views, len(paths), height, width, channels), np.float16)
+    crops = f" and {recipe.crop_views} of the bird's crop" if recipe.crop_views else ""
+    print(f"Caching {recipe.views} view(s){crops} of {len(paths)} {subset} images at {recipe.split_layer}")
     decoded = np.zeros(len(paths), bool)
-    progress = keras.utils.Progbar(recipe.views * len(paths), unit_name="image")
+    boxes = np.zeros((len(paths), 4))
+    progress = keras.utils.Progbar(total_views * len(paths), unit_name="image")
     # View 0 decodes every path; later views read only the images that decoded, so a broken
     # file is tried, and reported, once.
     readable = np.arange(len(paths))
-    for view in range(recipe.views):
-        augmentation = None if view == 0 else (recipe, int(rng.integers(2**31)))
-        for indices, images in _image_batches([paths[i] for i in readable], lower.input_shape[1], augmentation):
+    for view in range(total_views):
+        cropped = view >= recipe.views
+        augmentation = None if view in (0, recipe.views) else (recipe, int(rng.integers(2**31)))
+        view_boxes = boxes[readable] if cropped else None
+        for indices, images in _image_batches([paths[i] for i in readable], image_size, augmentation, view_boxes):
             cached = readable[indices]
-            cache[view, cached] = np.asarray(lower.predict_on_batch(images.astype("float32")))
+            if view == 0 and recipe.crop_views:
+                activations, feature_maps = locator.predict_on_batch(images.astype("float32"))
+                boxes[cached] = _bird_boxes(np.asarray(feature_maps), image_size)
+            else:
+                activations = lower.predict_on_batch(images.astype("float32"))
+            cache[view, cached] = np.asarray(activations)
             decoded[cached] = True
             progress.add(len(indices))
         readable = np.flatnonzero(decoded)
@@ -656,13 +722,15 @@ def _fit(model, train_data, validation_data, epochs, optimizer, recipe, keep_bes
     return figures
 
 
-def _image_batches(paths, image_size, augmentation=None):
-    """The one image pipeline: decode -> resize -> (augment) -> batch, on background threads.
+def _image_batches(paths, image_size, augmentation=None, boxes=None):
+    """The one image pipeline: decode -> resize -> (crop) -> (augment) -> batch, on background threads.
 
     Yields (indices into `paths`, uint8 images of shape (batch, image_size, image_size, 3)) in
-    the order of `paths`. `augmentation` is None or (recipe, seed): then every image is a random
-    view (`_augmented`), the same for the same seed whatever the threads do. Files that cannot
-    be decoded are left out and listed in one warning at the end.
+    the order of `paths`. `boxes` is None or one (left, top, right, bottom) per path, in pixels of
+    the resized image: then each image is that crop of it (`_cropped`). `augmentation` is None or
+    (recipe, seed): then every image is a random view (`_augmented`), the same for the same seed
+    whatever the threads do. Files that cannot be decoded are left out and listed in one warning
+    at the end.
     """
     broken = []
 
@@ -674,6 +742,8 @@ def _image_batches(paths, image_size, augmentation=None):
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
                 broken.append((index, f"{paths[index]} ({error})"))
                 continue
+            if boxes is not None:
+                image = _cropped(image, boxes[index])
             if augmentation is not None:
                 recipe, seed = augmentation
                 image = _augmented(image, recipe, np.random.default_rng([seed, index]))
@@ -697,6 +767,91 @@ def _image_batches(paths, image_size, augmentation=None):
 def _nonempty(batch):
     """The batch, unless every file in it was broken."""
     return [batch] if len(batch[0]) else []
+
+
+def _validated_views(views):
+    """`views` as a tuple of names from VIEW_NAMES, or a ValueError naming what is not."""
+    if isinstance(views, str) or not isinstance(views, collections.abc.Sequence) or not views:
+        raise ValueError(f"views must be a non-empty sequence of names from {VIEW_NAMES}; got {views!r}")
+    unknown = [view for view in views if view not in VIEW_NAMES]
+    if unknown:
+        raise ValueError(f"unknown view(s) {unknown}; the views are {VIEW_NAMES}")
+    return tuple(views)
+
+
+def _averaged_over_views(model, locator, images, views):
+    """The class probabilities of a batch of uint8 images, averaged over `views` (VIEW_NAMES);
+    `locator` maps pixels to (probabilities, attention map) where a crop view is asked for."""
+    pixels = images.astype("float32")
+    if locator is None:
+        whole, crops = np.asarray(model.predict_on_batch(pixels), np.float32), None
+    else:
+        whole, feature_maps = locator.predict_on_batch(pixels)
+        boxes = _bird_boxes(np.asarray(feature_maps), images.shape[1])
+        crops = np.stack([_cropped(image, box) for image, box in zip(images, boxes)]).astype("float32")
+    total = np.zeros_like(np.asarray(whole, np.float32))
+    for view in views:
+        if view == "image":
+            total += np.asarray(whole, np.float32)
+            continue
+        source = pixels if view == "flipped image" else crops
+        if view.startswith("flipped"):
+            source = source[:, :, ::-1]
+        total += np.asarray(model.predict_on_batch(source), np.float32)
+    return total / len(views)
+
+
+def _bird_boxes(feature_maps, image_size):
+    """One square box (left, top, right, bottom, in pixels of the image_size square) per feature map
+    of shape (batch, rows, columns, channels): around the largest connected region where the
+    channel mean exceeds its mean over the map, made square, CROP_MARGIN larger, kept inside the
+    image. A map with no such region gives the whole image."""
+    boxes = []
+    for feature_map in feature_maps:
+        activation = feature_map.astype(np.float32).mean(axis=-1)
+        region = _largest_region(activation > CROP_THRESHOLD * activation.max())
+        if not region.any():
+            boxes.append((0.0, 0.0, float(image_size), float(image_size)))
+            continue
+        rows, columns = np.nonzero(region)
+        cell = image_size / activation.shape[0]
+        top, bottom = rows.min() * cell, (rows.max() + 1) * cell
+        left, right = columns.min() * cell, (columns.max() + 1) * cell
+        side = min(float(image_size), max(bottom - top, right - left) * (1 + CROP_MARGIN))
+        centre_x, centre_y = (left + right) / 2, (top + bottom) / 2
+        left = float(np.clip(centre_x - side / 2, 0, image_size - side))
+        top = float(np.clip(centre_y - side / 2, 0, image_size - side))
+        boxes.append((left, top, left + side, top + side))
+    return np.array(boxes).reshape(-1, 4)
+
+
+def _largest_region(mask):
+    """The largest 4-connected region of True cells of a 2-D boolean mask, as a mask."""
+    labels = np.zeros(mask.shape, int)
+    best_label, best_size, next_label = 0, 0, 1
+    for start in zip(*np.nonzero(mask)):
+        if labels[start]:
+            continue
+        labels[start], stack, size = next_label, [start], 0
+        while stack:
+            row, column = stack.pop()
+            size += 1
+            for neighbour in ((row - 1, column), (row + 1, column), (row, column - 1), (row, column + 1)):
+                inside = 0 <= neighbour[0] < mask.shape[0] and 0 <= neighbour[1] < mask.shape[1]
+                if inside and mask[neighbour] and not labels[neighbour]:
+                    labels[neighbour] = next_label
+                    stack.append(neighbour)
+        if size > best_size:
+            best_label, best_size = next_label, size
+        next_label += 1
+    return labels == best_label if best_size else np.zeros(mask.shape, bool)
+
+
+def _cropped(image, box):
+    """The `box` (left, top, right, bottom, pixels) of a square uint8 image, resized to its size."""
+    size = image.shape[0]
+    crop = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, box=tuple(float(v) for v in box))
+    return np.asarray(crop)
 
 
 def _augmented(image, recipe, rng):

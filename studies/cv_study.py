@@ -1,24 +1,27 @@
 """Cross-validation study of the training recipe, with the product's own training code.
 
 Each variant is a changed copy of `classification.RECIPE`, trained with `classification.train` (the
-function behind `train_classifier`) and scored with `classification.classify`, so what is measured is
-what ships. Stratified 5-fold split of the training images; for each fold used, a variant trains on the
-other four (and holds out its own 10 % of them to pick the best epoch, as the recipe does) and is scored
-on the fold. The public test is scored too, for reporting only, never to choose.
+function behind `train_classifier`) and scored with `classification.predict_probabilities` (what
+`classify` calls), so what is measured is what ships. Stratified 5-fold split of the training images;
+for each fold used, a variant trains on the other four and is scored on the fold, once for each way of
+averaging test-time views in TEST_TIME (the whole image, its mirror image, the crop around the bird).
+The public test is not scored here: it reports the adopted recipe only (studies/bench.py).
 
     python -m studies.cv_study DATA_DIR OUT_DIR [--variants NAME ...] [--folds 0 1 2]   # from the project folder
     python -m studies.cv_study DATA_DIR OUT_DIR --quick     # smoke test: 6 images per class, 2 CPU cores
+    python -m studies.cv_study DATA_DIR OUT_DIR --variants NAME --rescore   # the test-time views again,
+                                                            # on the fold models saved in OUT_DIR/models
 
 DATA_DIR is in the checker's layout (00_input/train, 00_input/test/images, 00_gt/gt.csv). It runs on the
 installed backend: KERAS_BACKEND=jax on a GPU machine without TensorFlow, TensorFlow by default. Writes
-OUT_DIR/study.jsonl (one JSON line per variant and fold) and prints a Markdown table of the means.
+OUT_DIR/study.jsonl (one JSON line per variant and fold), OUT_DIR/models/VARIANT_foldN.hdf5 (each fold's
+model), and prints a Markdown table of the means.
 """
 
 import argparse
 import dataclasses
 import json
 import os
-import tempfile
 import time
 
 import keras
@@ -43,10 +46,19 @@ VARIANTS = {
     "16 views": {"views": 16},
     "fine-tuning learning rate 3e-4": {"fine_tune_learning_rate": 3e-4},
     "no label smoothing": {"label_smoothing": 0.0},
+    "crop views": {"crop_views": 4},
+}
+# Ways of averaging test-time views (classification.VIEW_NAMES), by name; each fold model is scored
+# with every one. The probabilities of each view are computed once and averaged here, which is what
+# `predict_probabilities(model, paths, views)` does with several views.
+TEST_TIME = {
+    "image": ("image",),
+    "image + flip": ("image", "flipped image"),
+    "image + crop": ("image", "crop"),
+    "image + crop, flipped too": ("image", "flipped image", "crop", "flipped crop"),
 }
 # The quick mode: a few images per class, one fold, and little training in each phase.
 QUICK_IMAGES_PER_CLASS = 6
-QUICK_TEST_IMAGES = 100
 QUICK_CHANGES = {"views": 2, "head_epochs": 1, "fine_tune_epochs": 2}
 
 
@@ -57,18 +69,19 @@ def main():
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["recipe"], metavar="NAME")
     parser.add_argument("--folds", nargs="+", type=int, default=DEFAULT_FOLDS, choices=range(FOLDS))
     parser.add_argument("--quick", action="store_true", help="6 images per class, fold 0, 2 views, 1+2 epochs")
+    parser.add_argument("--rescore", action="store_true", help="score the saved fold models again, no training")
     args = parser.parse_args()
 
     train_dir = os.path.join(args.data_dir, "00_input", "train")
+    image_dir = os.path.join(train_dir, "images")
     train_gt = run.read_gt(os.path.join(train_dir, "gt.csv"))
-    test_gt = run.read_gt(os.path.join(args.data_dir, "00_gt", "gt.csv"))
     folds = args.folds
     if args.quick:
         train_gt = _first_per_class(train_gt, QUICK_IMAGES_PER_CLASS)
-        test_gt = dict(sorted(test_gt.items())[:QUICK_TEST_IMAGES])
         folds = [0]
     fold_of = _stratified_folds(train_gt, FOLDS, np.random.default_rng(FOLD_SEED))
-    os.makedirs(args.out_dir, exist_ok=True)
+    models_dir = os.path.join(args.out_dir, "models")
+    os.makedirs(models_dir, exist_ok=True)
     print(f"Keras {keras.__version__} on {keras.backend.backend()}; {len(train_gt)} training images, folds {folds}")
 
     rows = []
@@ -78,40 +91,48 @@ def main():
             recipe = dataclasses.replace(classification.RECIPE, **changes)
             results = []
             for fold in folds:
-                result = _run_fold(recipe, train_dir, train_gt, fold_of, fold, args.data_dir, test_gt)
-                result.update(variant=name, fold=fold, backend=keras.backend.backend(), changes=changes)
+                model_path = os.path.join(models_dir, f"{_slug(name)}_fold{fold}.hdf5")
+                fold_gt = {image: label for image, label in train_gt.items() if fold_of[image] != fold}
+                held_out = {image: label for image, label in train_gt.items() if fold_of[image] == fold}
+                start = time.time()
+                if args.rescore:
+                    model, minutes = run.load_model(model_path), None
+                else:
+                    model, _ = classification.train(fold_gt, image_dir, recipe)
+                    minutes = (time.time() - start) / 60
+                    classification.save_model(model, model_path)
+                accuracies = _accuracies(model, image_dir, held_out)
+                print(f"{name}, fold {fold}: " + ", ".join(f"{key} {value:.3f}" for key, value in accuracies.items()))
+                result = dict(variant=name, fold=fold, backend=keras.backend.backend(), changes=changes)
+                result.update(accuracy=accuracies, minutes=minutes, rescored=args.rescore)
                 log.write(json.dumps(result) + "\n")
                 log.flush()
                 results.append(result)
-            keys = ("fold_accuracy", "test_accuracy", "minutes")
-            rows.append((name, *(np.mean([result[key] for result in results]) for key in keys)))
+            rows.append((name, results))
 
-    print(f"\n| variant | fold accuracy (mean of {len(folds)}) | public test | minutes per fold |")
-    print("|---|---|---|---|")
-    for name, fold_accuracy, test_accuracy, minutes in rows:
-        print(f"| {name} | {fold_accuracy:.3f} | {test_accuracy:.3f} | {minutes:.1f} |")
-
-
-def _run_fold(recipe, train_dir, train_gt, fold_of, fold, data_dir, test_gt):
-    """Train on every fold but `fold`, score on `fold` and on the public test."""
-    start = time.time()
-    fold_gt = {name: label for name, label in train_gt.items() if fold_of[name] != fold}
-    held_out = {name: label for name, label in train_gt.items() if fold_of[name] == fold}
-    model, _ = classification.train(fold_gt, os.path.join(train_dir, "images"), recipe)
-    minutes = (time.time() - start) / 60
-    fold_accuracy = run.score(_classify_some(model, os.path.join(train_dir, "images"), held_out), held_out)
-    test_images = os.path.join(data_dir, "00_input", "test", "images")
-    test_accuracy = run.score(_classify_some(model, test_images, test_gt), test_gt)
-    print(f"fold {fold}: fold accuracy {fold_accuracy:.3f}, public test {test_accuracy:.3f}, {minutes:.1f} min")
-    return {"fold_accuracy": fold_accuracy, "test_accuracy": test_accuracy, "minutes": minutes}
+    print(f"\n| variant | test-time views | " + " | ".join(f"fold {fold}" for fold in folds) + " | mean | minutes |")
+    print("|---|---|" + "---|" * (len(folds) + 2))
+    for name, results in rows:
+        minutes = [result["minutes"] for result in results if result["minutes"] is not None]
+        for views in TEST_TIME:
+            accuracies = [result["accuracy"][views] for result in results]
+            spent = f"{min(minutes):.1f}-{max(minutes):.1f}" if minutes else "-"
+            cells = " | ".join(f"{accuracy:.3f}" for accuracy in accuracies)
+            print(f"| {name} | {views} | {cells} | {np.mean(accuracies):.3f} | {spent} |")
 
 
-def _classify_some(model, image_dir, names):
-    """classify() on the named images of `image_dir` only, through a folder of links to them."""
-    with tempfile.TemporaryDirectory() as folder:
-        for name in names:
-            os.symlink(os.path.abspath(os.path.join(image_dir, name)), os.path.join(folder, name))
-        return classification.classify(model, folder)
+def _accuracies(model, image_dir, gt):
+    """{TEST_TIME name: accuracy on the images of `gt`}, each view's probabilities computed once."""
+    names = sorted(gt)
+    paths = [os.path.join(image_dir, name) for name in names]
+    probabilities = {}
+    for view in classification.VIEW_NAMES:
+        decoded, probabilities[view] = classification.predict_probabilities(model, paths, (view,))
+    accuracies = {}
+    for option, views in TEST_TIME.items():
+        labels = np.argmax(np.mean([probabilities[view] for view in views], axis=0), axis=-1)
+        accuracies[option] = run.score({names[index]: int(label) for index, label in zip(decoded, labels)}, gt)
+    return accuracies
 
 
 def _stratified_folds(train_gt, folds, rng):
@@ -121,6 +142,11 @@ def _stratified_folds(train_gt, folds, rng):
         members = rng.permutation(sorted(name for name, value in train_gt.items() if value == label))
         fold_of.update({name: index % folds for index, name in enumerate(members)})
     return fold_of
+
+
+def _slug(name):
+    """A variant's name as a file name."""
+    return "".join(character if character.isalnum() else "_" for character in name).strip("_")
 
 
 def _first_per_class(train_gt, count):

@@ -1,0 +1,91 @@
+"""Test-time views (whole image, mirror image, crop around the bird) and the crop views of training."""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import NUM_CLASSES, SMALL_IMAGE_SIZE, write_images
+
+import classification
+
+
+@pytest.fixture
+def image_paths(tmp_path):
+    names = [f"{index}.jpg" for index in range(5)]
+    write_images(tmp_path, names, seed=3)
+    return [os.path.join(tmp_path, name) for name in names]
+
+
+def _model_probabilities(model, paths, flip=False):
+    """An independent reference: the model on the resized images, optionally mirrored."""
+    images = np.stack([classification._load_image(path, SMALL_IMAGE_SIZE) for path in paths]).astype("float32")
+    return np.asarray(model.predict(images[:, :, ::-1] if flip else images, verbose=0))
+
+
+def test_views_average_the_probabilities_of_each_view(small_model, image_paths):
+    _, whole = classification.predict_probabilities(small_model, image_paths, ("image",))
+    _, flipped = classification.predict_probabilities(small_model, image_paths, ("flipped image",))
+    np.testing.assert_allclose(whole, _model_probabilities(small_model, image_paths), atol=1e-6)
+    np.testing.assert_allclose(flipped, _model_probabilities(small_model, image_paths, flip=True), atol=1e-6)
+    _, both = classification.predict_probabilities(small_model, image_paths, ("image", "flipped image"))
+    np.testing.assert_allclose(both, (whole + flipped) / 2, atol=1e-6)
+    _, crop = classification.predict_probabilities(small_model, image_paths, ("crop",))
+    _, everything = classification.predict_probabilities(small_model, image_paths, classification.VIEW_NAMES)
+    assert crop.shape == everything.shape == (len(image_paths), NUM_CLASSES)
+    np.testing.assert_allclose(everything.sum(axis=-1), 1, atol=1e-5)
+
+
+def test_classify_averages_the_default_views_and_labels_each_image_once(small_model, image_paths):
+    folder = os.path.dirname(image_paths[0])
+    labels = classification.classify(small_model, folder)
+    _, probabilities = classification.predict_probabilities(small_model, image_paths, classification.TEST_VIEWS)
+    assert labels == {os.path.basename(path): int(label) for path, label in zip(image_paths, probabilities.argmax(-1))}
+
+
+@pytest.mark.parametrize("views", [(), "image", ("image", "zoom"), None])
+def test_unknown_or_empty_views_are_refused(small_model, image_paths, views):
+    with pytest.raises(ValueError, match="view"):
+        classification.predict_probabilities(small_model, image_paths, views)
+
+
+def test_crop_views_need_the_attention_layer(image_paths):
+    pixels = keras.Input((SMALL_IMAGE_SIZE, SMALL_IMAGE_SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(pixels)
+    plain = keras.Model(pixels, keras.layers.Dense(NUM_CLASSES, activation="softmax")(pooled))
+    assert classification.predict_probabilities(plain, image_paths, ("image",))[1].shape == (5, NUM_CLASSES)
+    with pytest.raises(ValueError, match=classification.ATTENTION_LAYER):
+        classification.predict_probabilities(plain, image_paths, ("image", "crop"))
+
+
+def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image():
+    feature_map = np.zeros((1, 7, 7, 4), np.float32)
+    feature_map[0, 1:3, 4:6] = 1.0  # the bird: rows 1-2, columns 4-5
+    feature_map[0, 6, 0] = 0.9  # a smaller hot spot elsewhere, not connected to it
+    flat = np.ones((1, 7, 7, 4), np.float32)
+    (left, top, right, bottom), whole = classification._bird_boxes(np.concatenate([feature_map, flat]), 224)
+    cell = 224 / 7
+    assert right - left == pytest.approx(bottom - top)
+    assert right - left == pytest.approx(2 * cell * (1 + classification.CROP_MARGIN))
+    assert (left + right) / 2 == pytest.approx(5 * cell) and (top + bottom) / 2 == pytest.approx(2 * cell)
+    assert 0 <= left and 0 <= top and right <= 224 and bottom <= 224
+    np.testing.assert_allclose(whole, (0, 0, 224, 224))
+
+
+@pytest.mark.parametrize("field, value", [("crop_views", -1), ("views", 0), ("crop_views", 1.5), ("views", True)])
+def test_recipe_refuses_counts_that_are_not_counts(field, value):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(classification.RECIPE, **{field: value})
+
+
+def test_training_with_crop_views_is_deterministic_and_differs_from_training_without(train_set):
+    train_gt, folder = train_set
+    with_crops = dataclasses.replace(classification.FAST_RECIPE, crop_views=1)
+    assert dataclasses.replace(with_crops, crop_views=0) == classification.FAST_RECIPE
+    first, _ = classification.train(train_gt, folder, with_crops)
+    second, _ = classification.train(train_gt, folder, with_crops)
+    without, _ = classification.train(train_gt, folder, classification.FAST_RECIPE)
+    assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
+    assert any((a != b).any() for a, b in zip(first.get_weights(), without.get_weights()))
+    assert sorted(classification.classify(first, folder)) == sorted(train_gt)
