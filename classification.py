@@ -352,16 +352,7 @@ def predict_probabilities(model, paths, views=TEST_VIEWS):
     """
     views = _validated_views(views)
     image_size = model.input_shape[1]
-    locator = None
-    if {"crop", "flipped crop"} & set(views):
-        layer_names = [layer.name for layer in model.layers]
-        if ATTENTION_LAYER not in layer_names:
-            raise ValueError(
-                f"crop views need the layer {ATTENTION_LAYER!r} that locates the bird, which this model lacks; "
-                f"use views without crops, such as ('image',)"
-            )
-        # One call gives the probabilities of the whole image and the map that locates the bird.
-        locator = keras.Model(model.inputs, [model.output, model.get_layer(ATTENTION_LAYER).output])
+    locator = _locator(model) if {"crop", "flipped crop"} & set(views) else None
     decoded, probabilities = [], []
     progress = keras.utils.Progbar(len(paths), unit_name="image")
     for indices, images in _image_batches(paths, image_size):
@@ -371,6 +362,25 @@ def predict_probabilities(model, paths, views=TEST_VIEWS):
     if not decoded:
         return np.zeros(0, int), np.zeros((0, model.output_shape[-1]), np.float32)
     return np.concatenate(decoded), np.concatenate(probabilities)
+
+
+def bird_boxes(model, paths):
+    """Where the crop view of each image file lies: the square around the bird that `model`'s own
+    `ATTENTION_LAYER` locates (see `predict_probabilities`).
+
+    Returns (indices into `paths` of the files that decoded; their boxes, float of shape
+    (len(indices), 4): left, top, right, bottom as fractions of the image's width and height).
+    """
+    image_size = model.input_shape[1]
+    locator = _locator(model)
+    decoded, boxes = [], []
+    for indices, images in _image_batches(paths, image_size):
+        _, feature_maps = locator.predict_on_batch(images.astype("float32"))
+        decoded.append(indices)
+        boxes.append(_bird_boxes(np.asarray(feature_maps), image_size) / image_size)
+    if not decoded:
+        return np.zeros(0, int), np.zeros((0, 4))
+    return np.concatenate(decoded), np.concatenate(boxes)
 
 
 def image_files(folder):
@@ -777,6 +787,17 @@ def _validated_views(views):
     if unknown:
         raise ValueError(f"unknown view(s) {unknown}; the views are {VIEW_NAMES}")
     return tuple(views)
+
+
+def _locator(model):
+    """A model from `model`'s input to (its probabilities, its ATTENTION_LAYER map): one call gives
+    both the whole image's answer and what locates the bird."""
+    if ATTENTION_LAYER not in [layer.name for layer in model.layers]:
+        raise ValueError(
+            f"crop views need the layer {ATTENTION_LAYER!r} that locates the bird, which this model lacks; "
+            f"use views without crops, such as ('image',)"
+        )
+    return keras.Model(model.inputs, [model.output, model.get_layer(ATTENTION_LAYER).output])
 
 
 def _averaged_over_views(model, locator, images, views):

@@ -89,3 +89,13 @@ def test_training_with_crop_views_is_deterministic_and_differs_from_training_wit
     assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
     assert any((a != b).any() for a, b in zip(first.get_weights(), without.get_weights()))
     assert sorted(classification.classify(first, folder)) == sorted(train_gt)
+
+
+def test_bird_boxes_give_one_box_inside_the_image_per_decoded_file(small_model, image_paths, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        decoded, boxes = classification.bird_boxes(small_model, image_paths + [str(broken)])
+    assert list(decoded) == list(range(len(image_paths))) and boxes.shape == (len(image_paths), 4)
+    assert (boxes >= 0).all() and (boxes <= 1).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
