@@ -73,18 +73,24 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
     np.testing.assert_allclose(whole, (0, 0, 224, 224))
 
 
-@pytest.mark.parametrize("field, value", [("crop_views", -1), ("views", 0), ("crop_views", 1.5), ("views", True)])
+@pytest.mark.parametrize(
+    "field, value", [("crop_views", -1), ("views", 0), ("crop_views", 1.5), ("views", True), ("mixup_alpha", -0.1)]
+)
 def test_recipe_refuses_counts_that_are_not_counts(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(classification.RECIPE, **{field: value})
 
 
-def test_training_with_crop_views_is_deterministic_and_differs_from_training_without(train_set):
+@pytest.mark.parametrize("field, value", [("crop_views", 1), ("mixup_alpha", 0.0)])
+def test_a_lever_is_deterministic_and_changes_training(train_set, field, value):
     train_gt, folder = train_set
-    with_crops = dataclasses.replace(classification.FAST_RECIPE, crop_views=1)
-    assert dataclasses.replace(with_crops, crop_views=0) == classification.FAST_RECIPE
-    first, _ = classification.train(train_gt, folder, with_crops)
-    second, _ = classification.train(train_gt, folder, with_crops)
+    variant = dataclasses.replace(classification.FAST_RECIPE, **{field: value})
+    assert (
+        dataclasses.replace(variant, **{field: getattr(classification.FAST_RECIPE, field)})
+        == classification.FAST_RECIPE
+    )
+    first, _ = classification.train(train_gt, folder, variant)
+    second, _ = classification.train(train_gt, folder, variant)
     without, _ = classification.train(train_gt, folder, classification.FAST_RECIPE)
     assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
     assert any((a != b).any() for a, b in zip(first.get_weights(), without.get_weights()))
