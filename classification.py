@@ -854,8 +854,8 @@ def _averaged_over_views(model, locator, images, views):
 def _bird_boxes(feature_maps, image_size):
     """One square box (left, top, right, bottom, in pixels of the image_size square) per feature map
     of shape (batch, rows, columns, channels): around the largest connected region where the
-    channel mean exceeds its mean over the map, made square, CROP_MARGIN larger, kept inside the
-    image. A map with no such region gives the whole image."""
+    channel mean exceeds CROP_THRESHOLD of its largest value, made square, CROP_MARGIN larger, kept
+    inside the image. A map with no such region (an all-zero map) gives the whole image."""
     boxes = []
     for feature_map in feature_maps:
         activation = feature_map.astype(np.float32).mean(axis=-1)
