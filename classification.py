@@ -638,7 +638,9 @@ def _cached_views(model, paths, recipe, rng, subset):
     lower_output = model.get_layer(recipe.split_layer).output
     lower = keras.Model(model.inputs, lower_output, name="lower")
     # View 0 runs the whole backbone once where crops are wanted, for the map that locates the bird.
-    locator = keras.Model(model.inputs, [lower_output, model.get_layer(ATTENTION_LAYER).output], name="locator")
+    locator = None
+    if recipe.crop_views:
+        locator = keras.Model(model.inputs, [lower_output, model.get_layer(ATTENTION_LAYER).output], name="locator")
     image_size = lower.input_shape[1]
     height, width, channels = lower.output_shape[1:]
     total_views = recipe.views + recipe.crop_views
@@ -657,7 +659,7 @@ def _cached_views(model, paths, recipe, rng, subset):
         view_boxes = boxes[readable] if cropped else None
         for indices, images in _image_batches([paths[i] for i in readable], image_size, augmentation, view_boxes):
             cached = readable[indices]
-            if view == 0 and recipe.crop_views:
+            if view == 0 and locator is not None:
                 activations, feature_maps = locator.predict_on_batch(images.astype("float32"))
                 boxes[cached] = _bird_boxes(np.asarray(feature_maps), image_size)
             else:
@@ -834,20 +836,20 @@ def _averaged_over_views(model, locator, images, views):
     `locator` maps pixels to (probabilities, attention map) where a crop view is asked for."""
     pixels = images.astype("float32")
     if locator is None:
-        whole, crops = np.asarray(model.predict_on_batch(pixels), np.float32), None
+        whole, crops = model.predict_on_batch(pixels), None
     else:
         whole, feature_maps = locator.predict_on_batch(pixels)
         boxes = _bird_boxes(np.asarray(feature_maps), images.shape[1])
         crops = np.stack([_cropped(image, box) for image, box in zip(images, boxes)]).astype("float32")
-    total = np.zeros_like(np.asarray(whole, np.float32))
+    whole = np.asarray(whole, np.float32)
+    total = np.zeros_like(whole)
     for view in views:
         if view == "image":
-            total += np.asarray(whole, np.float32)
-            continue
-        source = pixels if view == "flipped image" else crops
-        if view.startswith("flipped"):
-            source = source[:, :, ::-1]
-        total += np.asarray(model.predict_on_batch(source), np.float32)
+            total += whole
+        else:
+            source = pixels if view == "flipped image" else crops
+            flipped = source[:, :, ::-1] if view.startswith("flipped") else source
+            total += np.asarray(model.predict_on_batch(flipped), np.float32)
     return total / len(views)
 
 

@@ -1,5 +1,6 @@
 """Draw what the crop view sees: photos with the square that the model's own feature map locates
-around the bird, and the crop itself, as `classify` averages them (docs/crop_views.png).
+around the bird, and the crop itself, as `predict_probabilities` averages it with the whole image
+when asked for the "crop" view (docs/crop_views.png; `classify` uses the whole image alone).
 
     python -m studies.crop_picture [--model birds_model.hdf5] [--images DIR] [--count 8] [--output PNG]
 
