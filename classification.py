@@ -9,10 +9,14 @@ The checker's contract:
 
 Beyond the checker's contract, for people with their own photos:
 
-    save_model(model, "my_model.hdf5", class_names={0: "Black_footed_Albatross", ...})
+    save_model(model, "my_model.hdf5", class_names={0: "Black_footed_Albatross", ...},
+               min_confidence=DEFAULT_MIN_CONFIDENCE)
     names = load_class_names("birds_model.hdf5")     # {} for a file saved without names
-    predict(model, "my_photos", top_k=5, class_names=names)
-        # {"IMG_1.jpg": [Prediction(name="Least_Auklet", class_id=7, probability=0.93), ...], ...}
+    predict(model, "my_photos", top_k=5, class_names=names, min_confidence=load_min_confidence("birds_model.hdf5"))
+        # {"IMG_1.jpg": Answers([Prediction(name="Least_Auklet", class_id=7, probability=0.93), ...],
+        #                       unknown=False), ...}: unknown is True for "not one of these species"
+
+A folder per species (`datasets.read_species_folders`) gives `train_gt` and the names for training.
 
 It runs unchanged on Keras 2.15 (TensorFlow 2.15) and on Keras 3 with the TensorFlow or the JAX
 backend: it uses only the Keras APIs that all of them share, and NumPy and Pillow for the images.
@@ -63,7 +67,16 @@ import h5py
 import keras
 import numpy as np
 from keras import layers
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+# HEIC/HEIF photos need the pillow-heif plugin. The checker's path does not: without it this module
+# still imports, and such files are skipped with the reason in the one warning (`_undecodable_reason`).
+try:
+    import pillow_heif
+except ImportError:
+    pillow_heif = None
+else:
+    pillow_heif.register_heif_opener()
 
 # Side of the square the network sees: the size the ImageNet weights were trained at. Larger
 # inputs cost 1.6-2x the time and measured no better on the training data: frozen features gave
@@ -71,8 +84,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # validation accuracy.
 IMAGE_SIZE = 224
 
-# File types `classify` labels; the match ignores letter case.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# The one list of image file types that every folder scan takes (`classify`, `predict`, the report,
+# training from a folder per species); the match ignores letter case. JPEG, PNG, BMP, GIF, WebP, TIFF and
+# AVIF (Pillow 11.3 or newer) decode with Pillow; HEIC/HEIF, what iPhones save by default, with the
+# pillow-heif plugin where it is installed.
+JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
+HEIF_EXTENSIONS = (".heic", ".heif")
+AVIF_EXTENSIONS = (".avif",)
+IMAGE_EXTENSIONS = (
+    JPEG_EXTENSIONS + (".png", ".bmp", ".gif", ".webp", ".tif", ".tiff") + HEIF_EXTENSIONS + AVIF_EXTENSIONS
+)
 
 # Small enough for 2 cores to keep busy without large memory peaks, large enough for stable
 # BatchNormalization statistics in the head.
@@ -83,6 +104,13 @@ HDF5_SUFFIXES = (".hdf5", ".h5")
 # The HDF5 attribute of the model file that holds its species names, as JSON {"class id": name}.
 # Keras ignores attributes it does not know, so plain `keras.models.load_model` still opens the file.
 CLASS_NAMES_ATTRIBUTE = "class_names"
+# The HDF5 attribute that holds the model's "unknown" threshold (`load_min_confidence`), beside its names.
+MIN_CONFIDENCE_ATTRIBUTE = "min_confidence"
+# Below this largest probability an answer is "unknown", "not one of these species": the threshold that
+# kept 95 % of the photos of the model's own species in studies/unknown_study.py (40 species trained,
+# 10 unseen, 3 splits), where the largest probability told unseen species apart as well as any score.
+# `run.py --train` saves it in the model file.
+DEFAULT_MIN_CONFIDENCE = 0.5
 
 # The feature map that locates the bird for the crop views: the backbone's last activation (7x7 at
 # 224 px, 1280 channels), whose channel mean is high on the object the ImageNet filters respond to
@@ -186,6 +214,16 @@ class Recipe:
 
 # One of the top-k answers of `predict`.
 Prediction = collections.namedtuple("Prediction", ["name", "class_id", "probability"])
+
+
+class Answers(list):
+    """What `predict` says of one image: its top-k `Prediction`s, a list, best first; and `unknown`, True
+    where even the best is below the confidence asked for ("not one of these species"), when the
+    predictions are the model's best guesses."""
+
+    def __init__(self, predictions, unknown=False):
+        super().__init__(predictions)
+        self.unknown = unknown
 
 
 RECIPE = Recipe()
@@ -313,8 +351,9 @@ def classify(model, test_img_dir):
     return {names[index]: int(label) for index, label in zip(decoded, np.argmax(probabilities, axis=-1))}
 
 
-def predict(model, images, top_k=5, class_names=None):
-    """The `top_k` most probable species of each image, most probable first.
+def predict(model, images, top_k=5, class_names=None, min_confidence=0.0):
+    """The `top_k` most probable species of each image, most probable first, and whether the model is
+    confident enough to name one.
 
     Args:
         model: a model from `train_classifier` or `keras.models.load_model`.
@@ -323,14 +362,17 @@ def predict(model, images, top_k=5, class_names=None):
         top_k: how many answers per image (at most the number of classes).
         class_names: {class id: name}, such as `load_class_names(model_path)`; ids it lacks are
             named "class N".
+        min_confidence: the answer is "unknown" where the largest probability is below this, such
+            as `load_min_confidence(model_path)`; 0 (the default) always names a species.
 
     Returns:
-        {file: [Prediction(name, class_id, probability), ...]}, keyed by file name for a folder
-        and by the path as given for a list, in that order. Files that cannot be decoded are
-        left out, with one warning that lists them.
+        {file: Answers([Prediction(name, class_id, probability), ...], unknown)}, keyed by file name
+        for a folder and by the path as given for a list, in that order. Files that cannot be decoded
+        are left out, with one warning that lists them.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer; got {top_k!r}")
+    check_min_confidence(min_confidence)
     if isinstance(images, (str, os.PathLike)):
         keys = image_files(images)
         paths = [os.path.join(images, name) for name in keys]
@@ -343,11 +385,19 @@ def predict(model, images, top_k=5, class_names=None):
     class_names = class_names or {}
     ranked = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
     return {
-        keys[index]: [
-            Prediction(class_name(int(label), class_names), int(label), float(row[label])) for label in labels
-        ]
+        keys[index]: Answers(
+            [Prediction(class_name(int(label), class_names), int(label), float(row[label])) for label in labels],
+            unknown=bool(row[labels[0]] < min_confidence),
+        )
         for index, row, labels in zip(decoded, probabilities, ranked)
     }
+
+
+def check_min_confidence(min_confidence):
+    """Raise ValueError unless `min_confidence` is a probability, 0 to 1."""
+    number = isinstance(min_confidence, (int, float, np.integer, np.floating)) and not isinstance(min_confidence, bool)
+    if not number or not 0 <= min_confidence <= 1:
+        raise ValueError(f"min_confidence must be a number from 0 to 1; got {min_confidence!r}")
 
 
 def predict_probabilities(model, paths, views=TEST_VIEWS):
@@ -398,11 +448,18 @@ def bird_boxes(model, paths):
 
 def image_files(folder):
     """The names of the image files in `folder` (IMAGE_EXTENSIONS, any letter case), sorted."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Image folder not found: {os.fspath(folder)!r} (expected a directory of images).")
-    return sorted(
-        entry.name for entry in os.scandir(folder) if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-    )
+    return [name for name in _file_names(folder) if is_image_file(name)]
+
+
+def passed_over_files(folder):
+    """The names of the files in `folder` that a scan passes over, not being images by their type
+    (IMAGE_EXTENSIONS), sorted; hidden files (".DS_Store") aside."""
+    return [name for name in _file_names(folder) if not is_image_file(name) and not name.startswith(".")]
+
+
+def is_image_file(name):
+    """Whether a file name has one of the IMAGE_EXTENSIONS, in any letter case."""
+    return os.fspath(name).lower().endswith(IMAGE_EXTENSIONS)
 
 
 def class_name(class_id, class_names):
@@ -421,10 +478,11 @@ def open_image(path, size):
         return _to_rgb(ImageOps.exif_transpose(image))
 
 
-def save_model(model, path, class_names=None):
+def save_model(model, path, class_names=None, min_confidence=None):
     """Save `model` as one HDF5 file that Keras 2.15 and Keras 3 (any backend) open with plain
     `keras.models.load_model`, giving the same probabilities; with `class_names` ({class id:
-    name}), the species names travel in the file too (`load_class_names` reads them back).
+    name}), the species names travel in the file too (`load_class_names` reads them back), and so
+    does `min_confidence`, the "unknown" threshold of `predict` (`load_min_confidence`).
 
     HDF5, because the checker opens the file with `load_model` and Keras 2 reads no other format
     that Keras 3 writes. Each version saves its own dialect of the configuration; `_portable_layer`
@@ -433,6 +491,8 @@ def save_model(model, path, class_names=None):
     """
     check_model_path(path)
     names = _validated_class_names(class_names or {})
+    if min_confidence is not None:
+        check_min_confidence(min_confidence)
     model.save(path, include_optimizer=False)
     with h5py.File(path, "r+") as file:
         config = json.loads(file.attrs["model_config"])
@@ -440,6 +500,8 @@ def save_model(model, path, class_names=None):
         file.attrs["model_config"] = json.dumps(config)
         if names:
             file.attrs[CLASS_NAMES_ATTRIBUTE] = json.dumps({str(label): name for label, name in sorted(names.items())})
+        if min_confidence is not None:
+            file.attrs[MIN_CONFIDENCE_ATTRIBUTE] = float(min_confidence)
 
 
 def check_model_path(path):
@@ -459,6 +521,20 @@ def load_class_names(path):
     if isinstance(stored, bytes):
         stored = stored.decode("utf-8")
     return {int(label): name for label, name in json.loads(stored).items()}
+
+
+def load_min_confidence(path):
+    """The "unknown" threshold saved in the model file at `path` by `save_model`; 0 (always name a
+    species) for a file saved without one."""
+    with h5py.File(path, "r") as file:
+        return float(file.attrs.get(MIN_CONFIDENCE_ATTRIBUTE, 0.0))
+
+
+def _file_names(folder):
+    """The names of the files (not folders) in `folder`, sorted."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Image folder not found: {os.fspath(folder)!r} (expected a directory of images).")
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
 
 
 def _portable_layer(layer):
@@ -489,7 +565,7 @@ def _keras2_node(node):
 
 def _validated_training_set(train_gt, train_img_dir, subset="training"):
     """Check `train_gt` against `train_img_dir` (the `subset`'s images, named in messages); return
-    names and labels as arrays, sorted by name."""
+    names and labels as arrays, sorted by file name."""
     if not os.path.isdir(train_img_dir):
         raise FileNotFoundError(
             f"{subset.capitalize()} image folder not found: {train_img_dir!r} (expected a directory of images)."
@@ -516,7 +592,9 @@ def _validated_training_set(train_gt, train_img_dir, subset="training"):
     if bad_labels:
         found = ", ".join(f"{name}={train_gt[name]!r}" for name in bad_labels)
         raise ValueError(f"train_gt labels must be non-negative integers; got {found}")
-    names = np.array(sorted(train_gt))
+    # Ordered by the file's own name first, then by its folder: the same photos give the same order, and so
+    # the same model, whether they lie in one folder (gt.csv) or in a folder per species.
+    names = np.array(sorted(train_gt, key=lambda name: (os.path.basename(name), name)))
     labels = np.array([int(train_gt[name]) for name in names])
     return names, labels
 
@@ -781,7 +859,7 @@ def _image_batches(paths, image_size, augmentation=None, boxes=None):
             try:
                 image = _load_image(paths[index], image_size)
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-                broken.append((index, f"{paths[index]} ({error})"))
+                broken.append((index, f"{paths[index]} ({_undecodable_reason(paths[index]) or error})"))
                 continue
             if boxes is not None:
                 image = _cropped(image, boxes[index])
@@ -803,6 +881,16 @@ def _image_batches(paths, image_size, augmentation=None, boxes=None):
     if broken:
         listed = "\n  ".join(message for _, message in sorted(broken))
         warnings.warn(f"Skipped {len(broken)} file(s) that are not decodable images:\n  {listed}")
+
+
+def _undecodable_reason(path):
+    """Why a file of an image type cannot be decoded here, where it is the decoder that is missing; else None."""
+    extension = os.path.splitext(os.fspath(path))[1].lower()
+    if extension in HEIF_EXTENSIONS and pillow_heif is None:
+        return "HEIC needs pillow-heif: pip install pillow-heif"
+    if extension in AVIF_EXTENSIONS and not features.check("avif"):
+        return "AVIF needs Pillow 11.3 or newer"
+    return None
 
 
 def _nonempty(batch):

@@ -1,6 +1,7 @@
 """What the model does, in pictures: the evaluation report and the training curves.
 
     python run.py --report ../shared/birds                      # a folder in the checker's layout
+    python run.py --report MY_TEST_PHOTOS                       # a folder per species
     python run.py --report TEST_IMAGES --gt GT_CSV [--train-dir TRAIN_DIR] [--classes CLASSES_CSV]
 
 `evaluate` makes one pass of predictions over the test images (`classification.predict_probabilities`);
@@ -70,18 +71,21 @@ class Summary:
     """Every figure of the report, computed from an `Evaluation` by `summarise`."""
 
     images: int  # images in gt.csv
-    top1: float  # share of gt.csv labelled right (a missing or unreadable image counts as wrong)
+    top1: float  # share of gt.csv labelled right (a missing, unreadable or "unknown" image counts as wrong)
     topk: float  # share of gt.csv with the true class among the TOP_K most probable
     confusion: np.ndarray  # counts, (classes, classes): [true, predicted], predicted images only
     per_class: list  # (class id, images, correct), worst accuracy first
     pairs: list  # (true, predicted, count) of every off-diagonal cell, most frequent first
     mistakes: list  # (file, true, predicted, probability), most confident first
+    unknown: int  # answers "unknown": best probability below the threshold given to `summarise`
+    top1_named: float  # top-1 accuracy of the best guesses, "unknown" answers included
 
 
 def evaluate(model, image_dir, expected):
-    """Predict every image named in `expected` ({file name: class id}) that is in `image_dir`."""
-    present = set(classification.image_files(image_dir))
-    wanted = sorted(name for name in expected if name in present)
+    """Predict every image named in `expected` ({file name, or path relative to `image_dir`: class id})
+    that is in `image_dir`."""
+    present = {name for name in expected if os.path.isfile(os.path.join(image_dir, name))}
+    wanted = sorted(present)
     start = time.time()
     decoded, probabilities = classification.predict_probabilities(
         model, [os.path.join(image_dir, name) for name in wanted]
@@ -98,9 +102,11 @@ def evaluate(model, image_dir, expected):
     )
 
 
-def summarise(evaluation):
+def summarise(evaluation, min_confidence=0.0):
     """The report's figures: accuracy, top-k accuracy, confusion counts, per-class accuracy,
-    most-confused pairs and the most confident mistakes."""
+    most-confused pairs and the most confident mistakes. An answer whose best probability is below
+    `min_confidence` is "unknown" and counts as wrong in the accuracies; the confusion matrix, the
+    pairs and the mistakes show the best guesses."""
     expected = evaluation.expected
     probabilities = evaluation.probabilities
     classes = max(probabilities.shape[1], max(expected.values(), default=-1) + 1)
@@ -108,11 +114,13 @@ def summarise(evaluation):
     predicted = np.argmax(probabilities, axis=1) if len(truth) else np.zeros(0, int)
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
     in_topk = (ranked == truth[:, None]).any(axis=1)
+    unknown = probabilities.max(axis=1, initial=0.0) < min_confidence
+    right = (predicted == truth) & ~unknown
 
     confusion = np.zeros((classes, classes), int)
     np.add.at(confusion, (truth, predicted), 1)
     totals = np.bincount(np.array(list(expected.values()), int), minlength=classes)
-    correct = np.diag(confusion)
+    correct = np.bincount(truth[right], minlength=classes)
     per_class = sorted(
         ((label, int(totals[label]), int(correct[label])) for label in range(classes) if totals[label]),
         key=lambda row: (row[2] / row[1], row[0]),
@@ -139,6 +147,8 @@ def summarise(evaluation):
     return Summary(
         images=images,
         top1=float(correct.sum()) / images if images else 0.0,
+        top1_named=float(np.trace(confusion)) / images if images else 0.0,
+        unknown=int(unknown.sum()),
         topk=float(in_topk.sum()) / images if images else 0.0,
         confusion=confusion,
         per_class=per_class,
@@ -421,6 +431,8 @@ def _summary_section(evaluation, summary, mark):
     ]
     if evaluation.missing or evaluation.unreadable:
         cards.append(("not predicted", str(len(evaluation.missing) + len(evaluation.unreadable))))
+    if summary.unknown:
+        cards.append(("answered unknown, counted wrong", str(summary.unknown)))
     body = "".join(f"<div class='card'><div class='value'>{value}</div>{label}</div>" for label, value in cards)
     return f"<section class='cards'>{body}</section>"
 

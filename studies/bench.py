@@ -15,6 +15,7 @@ import resource
 import time
 
 import classification
+import datasets
 import run
 
 # The public data beside the project, in the checker's layout.
@@ -31,8 +32,8 @@ def main():
     recipe = dataclasses.replace(classification.RECIPE, seed=args.seed)
     train_dir = os.path.join(args.data, "00_input", "train")
     test_dir = os.path.join(args.data, "00_input", "test", "images")
-    train_gt = run.read_gt(os.path.join(train_dir, "gt.csv"))
-    expected = run.read_gt(os.path.join(args.data, "00_gt", "gt.csv"))
+    train_gt = datasets.read_gt(os.path.join(train_dir, "gt.csv"))
+    expected = datasets.read_gt(os.path.join(args.data, "00_gt", "gt.csv"))
 
     start = time.time()
     model, _ = classification.train(train_gt, os.path.join(train_dir, "images"), recipe)

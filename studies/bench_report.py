@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import classification
+import datasets
 import report
 import run
 
@@ -28,9 +29,9 @@ def main():
     args = parser.parse_args()
 
     image_dir = os.path.join(args.data, "00_input", "test", "images")
-    expected = run.read_gt(os.path.join(args.data, "00_gt", "gt.csv"))
-    class_names = run.read_classes(os.path.join(args.data, "classes.csv"))
-    examples = run.training_examples(os.path.join(args.data, "00_input", "train"))
+    expected = datasets.read_gt(os.path.join(args.data, "00_gt", "gt.csv"))
+    class_names = datasets.read_classes(os.path.join(args.data, "classes.csv"))
+    examples = datasets.training_examples(os.path.join(args.data, "00_input", "train"))
     model = run.load_model(run.MODEL_PATH)
     classification.classify(model, image_dir)  # warm-up: the first call builds the predict function
 

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 import classification
+import datasets
 import run
 
 FOLDS = 5
@@ -76,7 +77,7 @@ def main():
 
     train_dir = os.path.join(args.data_dir, "00_input", "train")
     image_dir = os.path.join(train_dir, "images")
-    train_gt = run.read_gt(os.path.join(train_dir, "gt.csv"))
+    train_gt = datasets.read_gt(os.path.join(train_dir, "gt.csv"))
     folds = args.folds
     if args.quick:
         train_gt = _first_per_class(train_gt, QUICK_IMAGES_PER_CLASS)

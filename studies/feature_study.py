@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 import classification
-import run
+import datasets
 
 # The public data beside the project, in the checker's layout.
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "birds")
@@ -44,7 +44,7 @@ def main():
     args = parser.parse_args()
 
     train_dir = os.path.join(args.data, "00_input", "train")
-    train_gt = run.read_gt(os.path.join(train_dir, "gt.csv"))
+    train_gt = datasets.read_gt(os.path.join(train_dir, "gt.csv"))
     names, labels = classification._validated_training_set(train_gt, os.path.join(train_dir, "images"))
     names, labels = names[: args.limit], labels[: args.limit]
     paths = [os.path.join(train_dir, "images", name) for name in names]

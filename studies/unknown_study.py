@@ -34,6 +34,7 @@ import skimage.util
 from PIL import Image
 
 import classification
+import datasets
 import run
 
 SPECIES = 50
@@ -72,8 +73,8 @@ def main():
     train_dir = os.path.join(args.data_dir, "00_input", "train")
     image_dir = os.path.join(train_dir, "images")
     test_dir = os.path.join(args.data_dir, "00_input", "test", "images")
-    train_gt = run.read_gt(os.path.join(train_dir, "gt.csv"))
-    test_gt = run.read_gt(os.path.join(args.data_dir, "00_gt", "gt.csv"))
+    train_gt = datasets.read_gt(os.path.join(train_dir, "gt.csv"))
+    test_gt = datasets.read_gt(os.path.join(args.data_dir, "00_gt", "gt.csv"))
     recipe = classification.RECIPE
     splits = args.splits
     if args.quick:

@@ -13,7 +13,7 @@ import classification
 import run
 
 # The product's files, which the grading system imports; tests and studies may use newer Python.
-PRODUCT_FILES = ("classification.py", "run.py", "report.py")
+PRODUCT_FILES = ("classification.py", "datasets.py", "run.py", "report.py")
 OLDEST_PYTHON = "3.9"
 # The only configuration keys save_model may change: Keras 3's batch_shape, dtype policies and
 # inbound-node objects become Keras 2's batch_input_shape, dtype names and node lists; Keras 2's

@@ -9,6 +9,7 @@ import pytest
 from conftest import NUM_CLASSES, PROJECT_DIR, folder_state, write_images
 
 import classification
+import datasets
 import run
 
 SHARED_CLASSES = os.path.join(PROJECT_DIR, "..", "shared", "birds", "classes.csv")
@@ -87,7 +88,7 @@ def test_the_committed_model_names_every_species():
     names = classification.load_class_names(run.MODEL_PATH)
     assert sorted(names) == list(range(50)) and all(names.values())
     if os.path.isfile(SHARED_CLASSES):
-        assert names == run.read_classes(SHARED_CLASSES)
+        assert names == datasets.read_classes(SHARED_CLASSES)
 
 
 def test_predict_command_with_nothing_given_names_the_shipped_samples(capsys):
@@ -98,7 +99,7 @@ def test_predict_command_with_nothing_given_names_the_shipped_samples(capsys):
     assert run.main(["--predict"]) == 0
     assert folder_state(PROJECT_DIR) == before
     printed = capsys.readouterr().out
-    expected = run.read_gt(os.path.join(run.SAMPLES_DIR, "gt.csv"))
+    expected = datasets.read_gt(os.path.join(run.SAMPLES_DIR, "gt.csv"))
     names = classification.load_class_names(run.MODEL_PATH)
     prefix = os.path.relpath(run.SAMPLES_DIR)
     table = {line.split()[0]: line for line in printed.splitlines() if line.startswith(prefix)}
@@ -119,7 +120,16 @@ def test_predict_command_writes_the_csv_asked_for_and_nothing_else(named_model_p
     assert folder_state(image_folder) == before and os.listdir(output.parent) == ["predictions.csv"]
     with open(output, newline="", encoding="utf-8") as file:
         rows = list(csv.reader(file))
-    assert rows[0] == ["filename", "class_id", "name", "probability", "class_id_2", "name_2", "probability_2"]
+    assert rows[0] == [
+        "filename",
+        "class_id",
+        "name",
+        "probability",
+        "class_id_2",
+        "name_2",
+        "probability_2",
+        "unknown",
+    ]
     assert len(rows) == 1 + 5 + 1
     model = keras.models.load_model(named_model_path)
     labels = {
@@ -149,13 +159,13 @@ def test_predict_command_explains_a_path_that_is_not_there(named_model_path, tmp
 def test_gt_csv_is_read_as_spreadsheets_and_editors_save_it(tmp_path, encoding, text):
     path = tmp_path / "gt.csv"
     path.write_bytes(text.encode(encoding))
-    assert run.read_gt(str(path)) == {"0001.jpg": 3, "0002.jpg": 17}
+    assert datasets.read_gt(str(path)) == {"0001.jpg": 3, "0002.jpg": 17}
 
 
 def test_classes_csv_in_the_windows_code_page_and_missing_ids_fall_back(tmp_path):
     path = tmp_path / "classes.csv"
     path.write_bytes("class_id;name\r\n0;Rüppell's Warbler\r\n2;Horned_Lark\r\n".encode("cp1252"))
-    names = run.read_classes(str(path))
+    names = datasets.read_classes(str(path))
     assert names == {0: "Rüppell's Warbler", 2: "Horned_Lark"}
     assert [classification.class_name(label, names) for label in range(3)] == [
         "Rüppell's Warbler",
@@ -176,5 +186,5 @@ def test_classes_csv_in_the_windows_code_page_and_missing_ids_fall_back(tmp_path
 def test_an_unreadable_classes_csv_is_refused_naming_file_and_line(tmp_path, text, where):
     path = tmp_path / "classes.csv"
     path.write_text(text)
-    with pytest.raises(run.HarnessError, match=f"classes.csv, {where}"):
-        run.read_classes(str(path))
+    with pytest.raises(datasets.LayoutError, match=f"classes.csv, {where}"):
+        datasets.read_classes(str(path))

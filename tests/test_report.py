@@ -13,6 +13,7 @@ from conftest import folder_state, write_images
 from PIL import Image
 
 import classification
+import datasets
 import report
 import run
 
@@ -151,10 +152,10 @@ def _write_test(tests_dir, test_id, extra_gt=None):
     write_images(input_dir / "test" / "images", names, seed=2)
     write_images(input_dir / "train" / "images", names, seed=3)
     labels = {name: index % 3 for index, name in enumerate(names)}
-    run.write_gt(str(input_dir / "train" / "gt.csv"), labels)
+    datasets.write_gt(str(input_dir / "train" / "gt.csv"), labels)
     (tests_dir / f"{test_id}_gt").mkdir()
     expected = dict(labels, **(extra_gt or {}))
-    run.write_gt(str(tests_dir / f"{test_id}_gt" / "gt.csv"), expected)
+    datasets.write_gt(str(tests_dir / f"{test_id}_gt" / "gt.csv"), expected)
     return expected
 
 
@@ -230,7 +231,7 @@ def test_train_command_saves_the_model_with_names_and_the_curves_beside_it(train
     train_dir = tmp_path / "train"
     train_dir.mkdir()
     os.rename(folder, train_dir / "images")
-    run.write_gt(str(train_dir / "gt.csv"), train_gt)
+    datasets.write_gt(str(train_dir / "gt.csv"), train_gt)
     (tmp_path / "classes.csv").write_text("class_id,name\n0,Least_Auklet\n1,Horned_Lark\n2,Gadwall\n")
     models = tmp_path / "models"
     models.mkdir()

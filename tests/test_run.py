@@ -7,6 +7,7 @@ import shutil
 import pytest
 from conftest import PROJECT_DIR
 
+import datasets
 import run
 
 SHARED_BIRDS = os.path.join(PROJECT_DIR, "..", "shared", "birds")
@@ -24,13 +25,13 @@ def small_tests_dir(tmp_path):
         ("train", TRAIN_IMAGES, os.path.join("00_input", "train", "gt.csv")),
         ("test", TEST_IMAGES, os.path.join("00_gt", "gt.csv")),
     ):
-        labels = dict(list(run.read_gt(os.path.join(SHARED_BIRDS, gt_path)).items())[:count])
+        labels = dict(list(datasets.read_gt(os.path.join(SHARED_BIRDS, gt_path)).items())[:count])
         image_dir = tmp_path / "00_input" / subset / "images"
         image_dir.mkdir(parents=True)
         for name in labels:
             shutil.copy(os.path.join(SHARED_BIRDS, "00_input", subset, "images", name), image_dir)
         os.makedirs(tmp_path / os.path.dirname(gt_path), exist_ok=True)
-        run.write_gt(str(tmp_path / gt_path), labels)
+        datasets.write_gt(str(tmp_path / gt_path), labels)
     return tmp_path
 
 
@@ -38,13 +39,13 @@ def test_harness_labels_every_test_image_and_prints_the_mark(small_tests_dir, ca
     assert run.main([str(small_tests_dir)]) == 0
     with open(small_tests_dir / "00_output" / "output.csv", newline="") as file:
         rows = list(csv.reader(file))
-    expected = run.read_gt(str(small_tests_dir / "00_gt" / "gt.csv"))
+    expected = datasets.read_gt(str(small_tests_dir / "00_gt" / "gt.csv"))
     assert rows[0] == ["filename", "class_id"]
     assert [row[0] for row in rows[1:]] == sorted(expected)
     printed = capsys.readouterr().out
     assert "test 00:" in printed and "mark" in printed
     # A working model labels most of 20 real birds; a broken one scores about 1/50.
-    assert run.score(run.read_gt(str(small_tests_dir / "00_output" / "output.csv")), expected) > 0.5
+    assert run.score(datasets.read_gt(str(small_tests_dir / "00_output" / "output.csv")), expected) > 0.5
 
 
 def test_outputs_go_to_the_output_folder_and_an_unwritable_one_is_explained(small_tests_dir, tmp_path, capsys):
@@ -61,8 +62,8 @@ def test_checker_mode_writes_output_csv_for_one_test(small_tests_dir, tmp_path, 
     monkeypatch.setenv("CHECKER", "1")
     output_dir = tmp_path / "checker_output"
     assert run.main([str(small_tests_dir / "00_input"), str(output_dir)]) == 0
-    labels = run.read_gt(str(output_dir / "output.csv"))
-    assert sorted(labels) == sorted(run.read_gt(str(small_tests_dir / "00_gt" / "gt.csv")))
+    labels = datasets.read_gt(str(output_dir / "output.csv"))
+    assert sorted(labels) == sorted(datasets.read_gt(str(small_tests_dir / "00_gt" / "gt.csv")))
 
 
 def test_missing_gt_is_reported_without_a_traceback(tmp_path, capsys):
@@ -74,8 +75,8 @@ def test_missing_gt_is_reported_without_a_traceback(tmp_path, capsys):
 def test_malformed_gt_line_is_named(tmp_path):
     path = tmp_path / "gt.csv"
     path.write_text("filename,class_id\n0001.jpg,3\n0002.jpg,three\n")
-    with pytest.raises(run.HarnessError, match=r"gt.csv, line 3"):
-        run.read_gt(str(path))
+    with pytest.raises(datasets.LayoutError, match=r"gt.csv, line 3"):
+        datasets.read_gt(str(path))
 
 
 def test_mark_follows_the_assignment_table():
