@@ -38,6 +38,8 @@ FORMATS = [
 SPECIES = ["Blue Jay", "Grünfink", "Łabędź niemy"]
 # A sample the model names with 0.91: formats change the probabilities by at most 0.01 here.
 SAMPLE_PHOTO = os.path.join(run.SAMPLES_DIR, "0006.jpg")
+SHARED_TRAIN = os.path.join(PROJECT_DIR, "..", "shared", "birds", "00_input", "train")
+SHARED_CLASSES = os.path.join(PROJECT_DIR, "..", "shared", "birds", "classes.csv")
 
 
 def _photo_in_every_format(folder, source):
@@ -262,3 +264,22 @@ def test_report_counts_unknown_answers_as_wrong(confident_model_path, tmp_path, 
     assert "top-1 accuracy 0.5000" in printed and "1 answered unknown (best probability below 60%)" in printed
     evaluation = report.evaluate(keras.models.load_model(confident_model_path), folder, {"red.png": 0, "blue.png": 0})
     assert report.summarise(evaluation).top1 == 1.0
+
+
+def test_the_public_training_data_as_a_folder_per_species_trains_the_same_model(tmp_path):
+    if not os.path.isdir(SHARED_TRAIN):
+        pytest.skip(f"real data not found at {SHARED_TRAIN}")
+    train_gt = datasets.read_gt(os.path.join(SHARED_TRAIN, "gt.csv"))
+    class_names = datasets.read_classes(SHARED_CLASSES)
+    # Folders named as CUB-200-2011 names them, "NN.Name", so that their sorted order keeps the ids.
+    for name, label in train_gt.items():
+        species_dir = tmp_path / f"{label:02d}.{class_names[label]}"
+        species_dir.mkdir(exist_ok=True)
+        shutil.copyfile(os.path.join(SHARED_TRAIN, "images", name), species_dir / name)
+    species_gt, folder_names = datasets.read_species_folders(str(tmp_path))
+    assert {label: name.split(".", 1)[1] for label, name in folder_names.items()} == class_names
+    from_csv = classification.train_classifier(train_gt, os.path.join(SHARED_TRAIN, "images"), fast_train=True)
+    from_folders = classification.train_classifier(species_gt, str(tmp_path), fast_train=True)
+    assert len(from_csv.get_weights()) == len(from_folders.get_weights())
+    for csv_weights, folder_weights in zip(from_csv.get_weights(), from_folders.get_weights()):
+        np.testing.assert_array_equal(csv_weights, folder_weights)
