@@ -53,9 +53,16 @@ NOT_BIRD_PHOTOS = (
     "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon", "page",
     "retina", "rocket", "text", "shepp_logan_phantom", "cell",
 )  # fmt: skip
-# The head's features, after its activation: what the last Dense layer turns into logits.
+# The head's features, after its activation: what the last Dense layer turns into logits; and the
+# backbone's pooled features, the input of the head, for the distances in feature space.
 FEATURE_LAYER = "head_relu"
+POOLED_LAYER = "head_pooling"
 LOGIT_LAYER = "probabilities"
+# Neighbours for the k-nearest-neighbour score (Sun et al. 2022 take the k-th nearest of the normalised
+# features; with 24 photos a species, a few neighbours).
+NEIGHBOURS = 5
+# Added to the diagonal of the shared covariance of the Mahalanobis score: 1280 dimensions from 960 photos.
+COVARIANCE_SHRINKAGE = 1e-3
 # Quick mode: a few photos per species and little training.
 QUICK_IMAGES_PER_CLASS = 10
 QUICK_CHANGES = {"views": 1, "head_epochs": 1, "fine_tune_epochs": 1}
@@ -142,12 +149,22 @@ class _Scorer:
     """Every score of a photo, from one pass of the fine-tuned model: higher means "one of its species"."""
 
     def __init__(self, model, train_paths, train_names, fit_gt):
-        self.features_model = keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output)
+        # One output, so that the product's own pipeline (`predict_probabilities`) runs it.
+        pooled, features = model.get_layer(POOLED_LAYER).output, model.get_layer(FEATURE_LAYER).output
+        self.features_model = keras.Model(model.inputs, keras.layers.Concatenate()([pooled, features]))
+        self.pooled_size = pooled.shape[-1]
         self.kernel, self.bias = (np.asarray(weight) for weight in model.get_layer(LOGIT_LAYER).get_weights())
-        decoded, features = classification.predict_probabilities(self.features_model, train_paths)
+        decoded, both = classification.predict_probabilities(self.features_model, train_paths)
+        pooled, features = both[:, : self.pooled_size], both[:, self.pooled_size :]
         labels = np.array([fit_gt[train_names[index]] for index in decoded])
-        means = np.stack([features[labels == label].mean(axis=0) for label in range(self.kernel.shape[1])])
+        classes = range(self.kernel.shape[1])
+        means = np.stack([features[labels == label].mean(axis=0) for label in classes])
         self.class_means = means / np.linalg.norm(means, axis=1, keepdims=True)
+        self.train_pooled = _unit(pooled)
+        self.pooled_means = np.stack([pooled[labels == label].mean(axis=0) for label in classes])
+        centred = pooled - self.pooled_means[labels]
+        covariance = centred.T @ centred / len(centred) + COVARIANCE_SHRINKAGE * np.eye(pooled.shape[1])
+        self.precision = np.linalg.inv(covariance)
 
     def scores(self, image_dir, images):
         """({score name: array}, [top-1 right]) for a {name: label} in `image_dir`, or a list of paths."""
@@ -156,11 +173,15 @@ class _Scorer:
         else:
             names = sorted(images)
             paths, labels = [os.path.join(image_dir, name) for name in names], [images[name] for name in names]
-        decoded, features = classification.predict_probabilities(self.features_model, paths)
+        decoded, both = classification.predict_probabilities(self.features_model, paths)
+        pooled, features = both[:, : self.pooled_size], both[:, self.pooled_size :]
         logits = features @ self.kernel + self.bias
         probabilities = _softmax(logits)
         ranked = np.sort(probabilities, axis=1)
-        unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        unit = _unit(features)
+        similarities = np.sort(_unit(pooled) @ self.train_pooled.T, axis=1)
+        offsets = pooled[:, None, :] - self.pooled_means[None]
+        mahalanobis = np.sum((offsets @ self.precision) * offsets, axis=2).min(axis=1)
         scores = {
             "largest probability": ranked[:, -1],
             "margin": ranked[:, -1] - ranked[:, -2],
@@ -168,10 +189,16 @@ class _Scorer:
             "largest logit": logits.max(axis=1),
             "negative energy": _logsumexp(logits),
             "cosine to nearest class mean": (unit @ self.class_means.T).max(axis=1),
+            f"cosine to {NEIGHBOURS}th nearest training photo (pooled)": similarities[:, -NEIGHBOURS],
+            "negative Mahalanobis distance (pooled)": -mahalanobis,
         }
         if labels is None:
             return scores, []
         return scores, [labels[index] == label for index, label in zip(decoded, np.argmax(probabilities, axis=1))]
+
+
+def _unit(vectors):
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _softmax(logits):
