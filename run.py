@@ -209,7 +209,7 @@ def format_predictions(predictions):
     top_k = max(len(answers) for answers in predictions.values())
     unknown = any(answers.unknown for answers in predictions.values())
     # An "unknown" column only where there is an unknown answer, so that a usual table stays as it was.
-    header = ["image"] + (["", ""] if unknown else [])
+    header = ["image"] + (["answer", ""] if unknown else [])
     for rank in range(1, top_k + 1):
         header += [f"answer {rank}" if not unknown else f"guess {rank}", ""]
     rows = [header]
