@@ -67,7 +67,8 @@ import h5py
 import keras
 import numpy as np
 from keras import layers
-from PIL import Image, ImageOps, UnidentifiedImageError, features
+import PIL.features
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # HEIC/HEIF photos need the pillow-heif plugin. The checker's path does not: without it this module
 # still imports, and such files are skipped with the reason in the one warning (`_undecodable_reason`).
@@ -889,7 +890,7 @@ def _undecodable_reason(path):
     extension = os.path.splitext(os.fspath(path))[1].lower()
     if extension in HEIF_EXTENSIONS and pillow_heif is None:
         return "HEIC needs pillow-heif: pip install pillow-heif"
-    if extension in AVIF_EXTENSIONS and not features.check("avif"):
+    if extension in AVIF_EXTENSIONS and not PIL.features.check("avif"):
         return "AVIF needs Pillow 11.3 or newer"
     return None
 
