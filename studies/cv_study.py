@@ -80,7 +80,7 @@ def main():
     train_gt = datasets.read_gt(os.path.join(train_dir, "gt.csv"))
     folds = args.folds
     if args.quick:
-        train_gt = _first_per_class(train_gt, QUICK_IMAGES_PER_CLASS)
+        train_gt = first_per_class(train_gt, QUICK_IMAGES_PER_CLASS)
         folds = [0]
     fold_of = _stratified_folds(train_gt, FOLDS, np.random.default_rng(FOLD_SEED))
     models_dir = os.path.join(args.out_dir, "models")
@@ -152,7 +152,7 @@ def _slug(name):
     return "".join(character if character.isalnum() else "_" for character in name).strip("_")
 
 
-def _first_per_class(train_gt, count):
+def first_per_class(train_gt, count):
     """The first `count` images of each class, by name."""
     kept, per_class = {}, {}
     for name, label in sorted(train_gt.items()):

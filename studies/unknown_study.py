@@ -36,6 +36,7 @@ from PIL import Image
 import classification
 import datasets
 import run
+from studies import cv_study
 
 SPECIES = 50
 # Species set aside as unknown in each split: a fifth, so that 40 remain to train on.
@@ -85,8 +86,8 @@ def main():
     recipe = classification.RECIPE
     splits = args.splits
     if args.quick:
-        train_gt = _first_per_class(train_gt, QUICK_IMAGES_PER_CLASS)
-        test_gt = _first_per_class(test_gt, 2)
+        train_gt = cv_study.first_per_class(train_gt, QUICK_IMAGES_PER_CLASS)
+        test_gt = cv_study.first_per_class(test_gt, 2)
         recipe = dataclasses.replace(recipe, **QUICK_CHANGES)
         splits = splits[:1]
     models_dir = os.path.join(args.out_dir, "models")
@@ -238,15 +239,6 @@ def _write_not_bird_photos(folder):
     sky = (1 - rows) * np.array([70, 130, 220]) + rows * np.array([170, 205, 245])
     Image.fromarray(np.broadcast_to(sky, (240, 320, 3)).astype(np.uint8)).save(os.path.join(folder, "sky.png"))
     return folder
-
-
-def _first_per_class(gt, count):
-    kept, per_class = {}, {}
-    for name, label in sorted(gt.items()):
-        if per_class.get(label, 0) < count:
-            kept[name] = label
-            per_class[label] = per_class.get(label, 0) + 1
-    return kept
 
 
 def _print_tables(results):
