@@ -208,7 +208,7 @@ def format_predictions(predictions):
         return "No image to label."
     top_k = max(len(answers) for answers in predictions.values())
     unknown = any(answers.unknown for answers in predictions.values())
-    # An "unknown" column only where there is an unknown answer, so that a usual table stays as it was.
+    # An answer column ("unknown" or the species) only where some answer is unknown: a usual table stays as it was.
     header = ["image"] + (["answer", ""] if unknown else [])
     for rank in range(1, top_k + 1):
         header += [f"answer {rank}" if not unknown else f"guess {rank}", ""]
