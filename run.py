@@ -266,13 +266,16 @@ def write_report(
     threshold) are "unknown" and count as wrong. Returns {report path: report.Summary}."""
     min_confidence = _min_confidence(min_confidence, model_path)
     model = load_model(model_path)
-    test_sets = datasets.test_sets(test_dir, gt_path, train_dir, _class_names(classes_path, model_path))
+    names = _class_names(classes_path, model_path)
+    test_sets = datasets.test_sets(test_dir, gt_path, train_dir, names)
     stem, extension = os.path.splitext(output_path)
     summaries = {}
     for test in test_sets:
         start = time.time()
         path = output_path if len(test_sets) == 1 else f"{stem}_{test.test_id}{extension}"
-        class_names = _class_names(classes_path or test.classes_path, model_path)
+        # --classes first, then a tests folder's classes.csv, then the model's names (read once, above).
+        use_layout_names = test.classes_path and not classes_path
+        class_names = datasets.read_classes(test.classes_path) if use_layout_names else names
         examples = datasets.training_examples(test.train_dir) if test.train_dir else None
         _say_passed_over(datasets.passed_over_files(test.image_dir, test.expected), test.image_dir)
         evaluation = report.evaluate(model, test.image_dir, test.expected)
