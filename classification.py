@@ -35,7 +35,9 @@ trained for many epochs on those cached tensors, each epoch drawing one random v
        epoch with the best validation accuracy instead, in memory, never on disk.)
 
 In both phases each batch of cached activations is mixed with a shuffled copy of itself, targets
-alike (manifold mixup, `Recipe.mixup_alpha`).
+alike (manifold mixup, `Recipe.mixup_alpha`). With `Recipe.ensemble_members` > 1, both phases run again
+for each further member, each from the ImageNet weights, on the same cached views; the model then
+averages its members' probabilities over the one frozen lower part.
 
 Every setting of the recipe is a field of one immutable `Recipe`: `RECIPE` is the full recipe
 that made `birds_model.hdf5`, `FAST_RECIPE` the same code on one batch of images for one epoch
@@ -182,6 +184,11 @@ class Recipe:
     # cross-validation 0.922 against 0.912 without, better on every fold (studies/README.md).
     # 0.4 is the top of the range mixup's authors recommend for ImageNet (0.1-0.4), not tuned here.
     mixup_alpha: float = 0.4
+    # Upper parts (blocks after `split_layer` plus the head) fine-tuned one after another on the same
+    # cached views, each from the ImageNet weights with its own head, shuffles and mixing; the saved model
+    # runs the one frozen lower part once and averages their probabilities (`_ensemble`). Each member
+    # costs one more fine-tuning, and at test time one more upper part.
+    ensemble_members: int = 1
     # Width of the hidden Dense layer of the head, and the dropout after it.
     hidden_units: int = 256
     dropout_rate: float = 0.3
@@ -203,6 +210,7 @@ class Recipe:
     def __post_init__(self):
         counts = {"views": (self.views, 1), "crop_views": (self.crop_views, 0)}
         counts.update(head_epochs=(self.head_epochs, 0), fine_tune_epochs=(self.fine_tune_epochs, 0))
+        counts.update(ensemble_members=(self.ensemble_members, 1))
         bad = [
             f"{name}={value!r} (expected an integer >= {least})"
             for name, (value, least) in counts.items()
@@ -275,7 +283,8 @@ def train(train_gt, train_img_dir, recipe=RECIPE, validation=None):
         (model, history): the model as `train_classifier` returns it, and {"head": ..., "fine_tune":
         ...}, one entry per phase: the per-epoch figures Keras reports ("loss", "accuracy", and
         "val_loss", "val_accuracy" where there are validation images), and "kept_epoch", the
-        0-based epoch whose weights the phase ended with.
+        0-based epoch whose weights the phase ended with. For an ensemble (`Recipe.ensemble_members` > 1)
+        these are the first member's, and "members" lists every member's {"head": ..., "fine_tune": ...}.
     """
     names, labels = _validated_training_set(train_gt, train_img_dir)
     if validation is not None and recipe.validation_fraction > 0:
@@ -314,27 +323,17 @@ def train(train_gt, train_img_dir, recipe=RECIPE, validation=None):
     # Only the recipe's own split may choose the epoch to keep, never images the caller gave.
     keep_best_epoch = recipe.keep_best_epoch and validation is None
 
-    # The upper blocks with the head on top, sharing their layers with `model`: the model that
-    # training updates.
-    trainer = _model_after(model, recipe.split_layer)
-    upper_backbone = [layer for layer in trainer.layers if layer not in head_layers]
-    for layer in upper_backbone:
-        layer.trainable = False
-    head_optimizer = keras.optimizers.Adam(recipe.head_learning_rate)
-    history = {
-        "head": _fit(trainer, train_data, validation_data, recipe.head_epochs, head_optimizer, recipe, keep_best_epoch)
-    }
-
-    for layer in upper_backbone:
-        layer.trainable = True
-    _freeze_batch_normalization(upper_backbone)
-    fine_tune_steps = recipe.fine_tune_epochs * len(train_data)
-    schedule = keras.optimizers.schedules.CosineDecay(recipe.fine_tune_learning_rate, fine_tune_steps)
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay)
-    history["fine_tune"] = _fit(
-        trainer, train_data, validation_data, recipe.fine_tune_epochs, optimizer, recipe, keep_best_epoch
-    )
-
+    members, phases = [], []
+    for member in range(recipe.ensemble_members):
+        # Each later member is built after the one before it has trained, so that the first member, and
+        # so a one-member recipe, draws the same random numbers whatever the number of members.
+        if member:
+            model, head_layers = _build_model(num_classes, IMAGE_SIZE, recipe, weights="imagenet")
+        phases.append(_fine_tune(model, head_layers, train_data, validation_data, recipe, keep_best_epoch))
+        members.append(model)
+    model = _ensemble(members, recipe.split_layer) if len(members) > 1 else members[0]
+    # The first member's figures, as a one-member recipe gives them; an ensemble adds every member's.
+    history = dict(phases[0], members=phases) if len(phases) > 1 else phases[0]
     _compile(model, keras.optimizers.Adam(recipe.fine_tune_learning_rate), recipe)
     return model, history
 
@@ -678,19 +677,29 @@ def _model_after(model, layer_name):
     """A model from the output of `layer_name` to the output of `model`, sharing its layers.
 
     Keras 2 cannot start a model at an inner tensor, so the layers after `layer_name` are called
-    again, in their topological order, on a new input of the same shape."""
+    again on a new input of the same shape (`_call_after`)."""
     start = model.get_layer(layer_name)
     features = keras.Input(tuple(start.output.shape[1:]), name=f"{layer_name}_features")
+    return keras.Model(features, _call_after(model, layer_name, features), name="trainer")
+
+
+def _call_after(model, layer_name, features, replacements=None):
+    """Call the layers of `model` after `layer_name`, in their topological order, on `features` in place
+    of that layer's output; return what stands for `model`'s output. `replacements` ({layer name: layer})
+    names the layers called in place of some, such as copies."""
+    replacements = replacements or {}
+    start = model.get_layer(layer_name)
     # Inputs and outputs of the original graph, read before any layer gets a second call.
     later = model.layers[model.layers.index(start) + 1 :]
     wiring = [(layer, layer.input, layer.output) for layer in later]
     new_tensors = {id(start.output): features}
     for layer, inputs, output in wiring:
+        called = replacements.get(layer.name, layer)
         if isinstance(inputs, list):
-            new_tensors[id(output)] = layer([new_tensors[id(tensor)] for tensor in inputs])
+            new_tensors[id(output)] = called([new_tensors[id(tensor)] for tensor in inputs])
         else:
-            new_tensors[id(output)] = layer(new_tensors[id(inputs)])
-    return keras.Model(features, new_tensors[id(model.output)], name="trainer")
+            new_tensors[id(output)] = called(new_tensors[id(inputs)])
+    return new_tensors[id(model.output)]
 
 
 def _freeze_batch_normalization(model_layers):
@@ -705,6 +714,53 @@ def _freeze_batch_normalization(model_layers):
     for layer in model_layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
+
+
+def _fine_tune(model, head_layers, train_data, validation_data, recipe, keep_best_epoch):
+    """Train the upper part of `model` (after `recipe.split_layer`) on cached views: the head alone, then
+    the upper blocks too. Returns {"head": figures, "fine_tune": figures}, as `train` describes them."""
+    # The upper blocks with the head on top, sharing their layers with `model`: the model that
+    # training updates.
+    trainer = _model_after(model, recipe.split_layer)
+    upper_backbone = [layer for layer in trainer.layers if layer not in head_layers]
+    for layer in upper_backbone:
+        layer.trainable = False
+    head_optimizer = keras.optimizers.Adam(recipe.head_learning_rate)
+    history = {
+        "head": _fit(trainer, train_data, validation_data, recipe.head_epochs, head_optimizer, recipe, keep_best_epoch)
+    }
+
+    for layer in upper_backbone:
+        layer.trainable = True
+    _freeze_batch_normalization(upper_backbone)
+    fine_tune_steps = recipe.fine_tune_epochs * len(train_data)
+    schedule = keras.optimizers.schedules.CosineDecay(recipe.fine_tune_learning_rate, fine_tune_steps)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay)
+    history["fine_tune"] = _fit(
+        trainer, train_data, validation_data, recipe.fine_tune_epochs, optimizer, recipe, keep_best_epoch
+    )
+    return history
+
+
+def _ensemble(members, split_layer):
+    """One flat model of several trained `members` that share their frozen lower part: the first member
+    whole, and copies of the other members' layers after `split_layer` (named with "_member_N", holding
+    their weights) called on the first's `split_layer` output; their probabilities averaged by a standard
+    `Average` layer, so that the file needs no custom code."""
+    first = members[0]
+    split = first.get_layer(split_layer).output
+    outputs = [first.output]
+    for number, member in enumerate(members[1:], start=2):
+        upper = member.layers[member.layers.index(member.get_layer(split_layer)) + 1 :]
+        copies = {
+            layer.name: layer.__class__.from_config(dict(layer.get_config(), name=f"{layer.name}_member_{number}"))
+            for layer in upper
+        }
+        outputs.append(_call_after(member, split_layer, split, copies))
+        for layer in upper:
+            copies[layer.name].set_weights(layer.get_weights())
+    averaged = layers.Average(name="ensemble_average")(outputs)
+    return keras.Model(first.inputs, averaged, name=first.name)
 
 
 def _cached_views(model, paths, recipe, rng, subset):

@@ -41,13 +41,17 @@ def small_model():
     return model
 
 
-@pytest.fixture
-def train_set(tmp_path):
-    """(train_gt, image folder) with NUM_CLASSES x IMAGES_PER_CLASS JPEGs."""
-    folder = tmp_path / "train_images"
+def write_train_set(folder):
+    """Write NUM_CLASSES x IMAGES_PER_CLASS JPEGs to `folder`; return (train_gt, folder)."""
     names = [f"{index:03d}.jpg" for index in range(NUM_CLASSES * IMAGES_PER_CLASS)]
     write_images(folder, names, seed=0)
     return {name: index % NUM_CLASSES for index, name in enumerate(names)}, str(folder)
+
+
+@pytest.fixture
+def train_set(tmp_path):
+    """(train_gt, image folder) with NUM_CLASSES x IMAGES_PER_CLASS JPEGs."""
+    return write_train_set(tmp_path / "train_images")
 
 
 def folder_state(folder):

@@ -74,7 +74,15 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
 
 
 @pytest.mark.parametrize(
-    "field, value", [("crop_views", -1), ("views", 0), ("crop_views", 1.5), ("views", True), ("mixup_alpha", -0.1)]
+    "field, value",
+    [
+        ("crop_views", -1),
+        ("views", 0),
+        ("crop_views", 1.5),
+        ("views", True),
+        ("mixup_alpha", -0.1),
+        ("ensemble_members", 0),
+    ],
 )
 def test_recipe_refuses_counts_that_are_not_counts(field, value):
     with pytest.raises(ValueError, match=field):
