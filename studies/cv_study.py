@@ -11,6 +11,8 @@ The public test is not scored here: it reports the adopted recipe only (studies/
     python -m studies.cv_study DATA_DIR OUT_DIR --quick     # smoke test: 6 images per class, 2 CPU cores
     python -m studies.cv_study DATA_DIR OUT_DIR --variants NAME --rescore   # the test-time views again,
                                                             # on the fold models saved in OUT_DIR/models
+    python -m studies.cv_study DATA_DIR OUT_DIR --average NAME NAME ...     # the saved fold models of
+                                                            # several variants, their probabilities averaged
 
 DATA_DIR is in the checker's layout (00_input/train, 00_input/test/images, 00_gt/gt.csv). It runs on the
 installed backend: KERAS_BACKEND=jax on a GPU machine without TensorFlow, TensorFlow by default. Writes
@@ -50,6 +52,8 @@ VARIANTS = {
     "crop views": {"crop_views": 4},
     # The recipe before issue 15, which adopted manifold mixup ("manifold mixup" was then {"mixup_alpha": 0.4}).
     "no mixup": {"mixup_alpha": 0.0},
+    # (c) of issue 15: two upper parts fine-tuned on the one frozen lower part, averaged in the model.
+    "ensemble of 2": {"ensemble_members": 2},
 }
 # Ways of averaging test-time views (classification.VIEW_NAMES), by name; each fold model is scored
 # with every one. The probabilities of each view are computed once and averaged here, which is what
@@ -73,6 +77,14 @@ def main():
     parser.add_argument("--folds", nargs="+", type=int, default=DEFAULT_FOLDS, choices=range(FOLDS))
     parser.add_argument("--quick", action="store_true", help="6 images per class, fold 0, 2 views, 1+2 epochs")
     parser.add_argument("--rescore", action="store_true", help="score the saved fold models again, no training")
+    parser.add_argument(
+        "--average",
+        nargs="+",
+        choices=sorted(VARIANTS),
+        metavar="NAME",
+        help="score the average of the probabilities of these variants' saved fold models, no training: "
+        "an ensemble of models trained apart (with other seeds, each its own cached views)",
+    )
     args = parser.parse_args()
 
     train_dir = os.path.join(args.data_dir, "00_input", "train")
@@ -88,32 +100,36 @@ def main():
     print(f"Keras {keras.__version__} on {keras.backend.backend()}; {len(train_gt)} training images, folds {folds}")
 
     rows = []
+    variants = [" + ".join(args.average)] if args.average else args.variants
     with open(os.path.join(args.out_dir, "study.jsonl"), "a") as log:
-        for name in args.variants:
-            changes = dict(VARIANTS[name], **(QUICK_CHANGES if args.quick else {}))
-            recipe = dataclasses.replace(classification.RECIPE, **changes)
+        for name in variants:
+            members = args.average or [name]
+            changes = [dict(VARIANTS[member], **(QUICK_CHANGES if args.quick else {})) for member in members]
             results = []
             for fold in folds:
-                model_path = os.path.join(models_dir, f"{_slug(name)}_fold{fold}.hdf5")
+                model_paths = [os.path.join(models_dir, f"{_slug(member)}_fold{fold}.hdf5") for member in members]
                 fold_gt = {image: label for image, label in train_gt.items() if fold_of[image] != fold}
                 held_out = {image: label for image, label in train_gt.items() if fold_of[image] == fold}
                 start = time.time()
-                if args.rescore:
-                    model, minutes = run.load_model(model_path), None
+                if args.rescore or args.average:
+                    models, minutes = [run.load_model(path) for path in model_paths], None
                 else:
-                    model, _ = classification.train(fold_gt, image_dir, recipe)
+                    recipe = dataclasses.replace(classification.RECIPE, **changes[0])
+                    models = [classification.train(fold_gt, image_dir, recipe)[0]]
                     minutes = (time.time() - start) / 60
-                    classification.save_model(model, model_path)
-                accuracies = _accuracies(model, image_dir, held_out)
+                    classification.save_model(models[0], model_paths[0])
+                accuracies = _accuracies(models, image_dir, held_out)
                 print(f"{name}, fold {fold}: " + ", ".join(f"{key} {value:.3f}" for key, value in accuracies.items()))
-                result = dict(variant=name, fold=fold, backend=keras.backend.backend(), changes=changes)
+                result = dict(variant=name, fold=fold, backend=keras.backend.backend(), changes=changes[0])
+                if args.average:
+                    result.update(averaged=members, changes=changes)
                 result.update(accuracy=accuracies, minutes=minutes, rescored=args.rescore)
                 log.write(json.dumps(result) + "\n")
                 log.flush()
                 results.append(result)
             rows.append((name, results))
 
-    print(f"\n| variant | test-time views | " + " | ".join(f"fold {fold}" for fold in folds) + " | mean | minutes |")
+    print("\n| variant | test-time views | " + " | ".join(f"fold {fold}" for fold in folds) + " | mean | minutes |")
     print("|---|---|" + "---|" * (len(folds) + 2))
     for name, results in rows:
         minutes = [result["minutes"] for result in results if result["minutes"] is not None]
@@ -124,13 +140,15 @@ def main():
             print(f"| {name} | {views} | {cells} | {np.mean(accuracies):.3f} | {spent} |")
 
 
-def _accuracies(model, image_dir, gt):
-    """{TEST_TIME name: accuracy on the images of `gt`}, each view's probabilities computed once."""
+def _accuracies(models, image_dir, gt):
+    """{TEST_TIME name: accuracy on the images of `gt`} of the probabilities of `models` averaged, each
+    view's probabilities computed once."""
     names = sorted(gt)
     paths = [os.path.join(image_dir, name) for name in names]
     probabilities = {}
     for view in classification.VIEW_NAMES:
-        decoded, probabilities[view] = classification.predict_probabilities(model, paths, (view,))
+        each = [classification.predict_probabilities(model, paths, (view,)) for model in models]
+        decoded, probabilities[view] = each[0][0], np.mean([member for _, member in each], axis=0)
     accuracies = {}
     for option, views in TEST_TIME.items():
         labels = np.argmax(np.mean([probabilities[view] for view in views], axis=0), axis=-1)
