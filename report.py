@@ -254,7 +254,7 @@ def confusion_figure(confusion, class_names):
 
 def training_curves(history):
     """Loss and accuracy per epoch, both phases in a row (the head-only phase shaded), train and
-    validation, and the epoch each phase kept marked."""
+    validation, and the epoch each phase kept marked; of the first member for an ensemble."""
     figure = Figure(figsize=(11, 4.2), dpi=DPI, layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     head_epochs = len(history["head"]["loss"])
@@ -287,7 +287,9 @@ def training_curves(history):
     caption = f"kept: epoch {kept[-1]}, train accuracy {final['accuracy'][final['kept_epoch']]:.3f}"
     if "val_accuracy" in final:
         caption += f", validation accuracy {final['val_accuracy'][final['kept_epoch']]:.3f}"
-    figure.suptitle(f"Head only (epochs 1-{head_epochs}), then fine-tuning; {caption}", fontsize=10)
+    members = len(history.get("members", [None]))
+    of_members = f" (the first of {members} members averaged)" if members > 1 else ""
+    figure.suptitle(f"Head only (epochs 1-{head_epochs}), then fine-tuning{of_members}; {caption}", fontsize=10)
     return figure
 
 

@@ -64,6 +64,11 @@ TEST_TIME = {
     "image + crop": ("image", "crop"),
     "image + crop, flipped too": ("image", "flipped image", "crop", "flipped crop"),
 }
+# Held-out photos whose largest probability a threshold keeps: the operating point of the "unknown" answer
+# (classification.DEFAULT_MIN_CONFIDENCE, studies/unknown_study.py). Each fold logs the largest probability
+# ("image" view) below which 1 - KEPT_KNOWN of its held-out photos fall: a model with other probabilities
+# (an ensemble averages them) needs its own threshold.
+KEPT_KNOWN = 0.95
 # The quick mode: a few images per class, one fold, and little training in each phase.
 QUICK_IMAGES_PER_CLASS = 6
 QUICK_CHANGES = {"views": 2, "head_epochs": 1, "fine_tune_epochs": 2}
@@ -118,12 +123,13 @@ def main():
                     models = [classification.train(fold_gt, image_dir, recipe)[0]]
                     minutes = (time.time() - start) / 60
                     classification.save_model(models[0], model_paths[0])
-                accuracies = _accuracies(models, image_dir, held_out)
+                accuracies, kept_threshold = _accuracies(models, image_dir, held_out)
                 print(f"{name}, fold {fold}: " + ", ".join(f"{key} {value:.3f}" for key, value in accuracies.items()))
                 result = dict(variant=name, fold=fold, backend=keras.backend.backend(), changes=changes[0])
                 if args.average:
                     result.update(averaged=members, changes=changes)
                 result.update(accuracy=accuracies, minutes=minutes, rescored=args.rescore)
+                result["largest_probability_kept_95"] = kept_threshold
                 log.write(json.dumps(result) + "\n")
                 log.flush()
                 results.append(result)
@@ -141,8 +147,8 @@ def main():
 
 
 def _accuracies(models, image_dir, gt):
-    """{TEST_TIME name: accuracy on the images of `gt`} of the probabilities of `models` averaged, each
-    view's probabilities computed once."""
+    """({TEST_TIME name: accuracy on the images of `gt`}, the largest probability that KEPT_KNOWN of them
+    reach on the whole image) of the probabilities of `models` averaged, each view's computed once."""
     names = sorted(gt)
     paths = [os.path.join(image_dir, name) for name in names]
     probabilities = {}
@@ -153,7 +159,7 @@ def _accuracies(models, image_dir, gt):
     for option, views in TEST_TIME.items():
         labels = np.argmax(np.mean([probabilities[view] for view in views], axis=0), axis=-1)
         accuracies[option] = run.score({names[index]: int(label) for index, label in zip(decoded, labels)}, gt)
-    return accuracies
+    return accuracies, float(np.quantile(probabilities["image"].max(axis=1), 1 - KEPT_KNOWN))
 
 
 def _stratified_folds(train_gt, folds, rng):
