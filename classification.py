@@ -10,11 +10,14 @@ The checker's contract:
 Beyond the checker's contract, for people with their own photos:
 
     save_model(model, "my_model.hdf5", class_names={0: "Black_footed_Albatross", ...},
-               min_confidence=DEFAULT_MIN_CONFIDENCE)
+               min_confidence=DEFAULT_MIN_CONFIDENCE, class_means=class_means(model, train_gt, train_img_dir),
+               min_similarity=DEFAULT_MIN_SIMILARITY)
     names = load_class_names("birds_model.hdf5")     # {} for a file saved without names
-    predict(model, "my_photos", top_k=5, class_names=names, min_confidence=load_min_confidence("birds_model.hdf5"))
+    predict(model, "my_photos", top_k=5, class_names=names, min_confidence=load_min_confidence("birds_model.hdf5"),
+            class_means=load_class_means("birds_model.hdf5"), min_similarity=load_min_similarity("birds_model.hdf5"))
         # {"IMG_1.jpg": Answers([Prediction(name="Least_Auklet", class_id=7, probability=0.93), ...],
-        #                       unknown=False), ...}: unknown is True for "not one of these species"
+        #                       unknown=False), ...}: unknown is True for "not one of these species": the
+        #                       best probability is low, or the photo is unlike every species' photos
 
 A folder per species (`datasets.read_species_folders`) gives `train_gt` and the names for training.
 
@@ -115,6 +118,19 @@ MIN_CONFIDENCE_ATTRIBUTE = "min_confidence"
 # apart as well as any score from the logits (AUROC 0.865; 41 % of unseen species' photos caught, 72 %
 # of photos that are not birds). `run.py --train` saves it in the model file.
 DEFAULT_MIN_CONFIDENCE = 0.24
+# The head's features after its activation (the first member's, in an ensemble): the 256 numbers the last
+# Dense layer turns into logits. Their cosine to the nearest class mean (`class_means`) is low for a photo
+# unlike every species' training photos: in the unknown study it caught 99 % of the photos that are not
+# birds, where the largest probability caught 72 %.
+FEATURE_LAYER = "head_relu"
+# The HDF5 dataset of the model file that holds the class means of FEATURE_LAYER, and the attribute that
+# holds the cosine below which an answer is "unknown" too (`load_min_similarity`). Keras reads neither.
+CLASS_MEANS_DATASET = "class_means"
+MIN_SIMILARITY_ATTRIBUTE = "min_similarity"
+# The unknown study's rule of two scores: "unknown" where the largest probability is below
+# DEFAULT_MIN_CONFIDENCE or the cosine to the nearest class mean below this, the pair as small as keeps 95 %
+# of the held-out photos of the model's own species (3 splits; both thresholds keep the same share).
+DEFAULT_MIN_SIMILARITY = 0.64
 
 # The feature map that locates the bird for the crop views: the backbone's last activation (7x7 at
 # 224 px, 1280 channels), whose channel mean is high on the object the ImageNet filters respond to
@@ -352,7 +368,7 @@ def classify(model, test_img_dir):
     return {names[index]: int(label) for index, label in zip(decoded, np.argmax(probabilities, axis=-1))}
 
 
-def predict(model, images, top_k=5, class_names=None, min_confidence=0.0):
+def predict(model, images, top_k=5, class_names=None, min_confidence=0.0, class_means=None, min_similarity=0.0):
     """The `top_k` most probable species of each image, most probable first, and whether the model is
     confident enough to name one.
 
@@ -365,6 +381,9 @@ def predict(model, images, top_k=5, class_names=None, min_confidence=0.0):
             named "class N".
         min_confidence: the answer is "unknown" where the largest probability is below this, such
             as `load_min_confidence(model_path)`; 0 (the default) always names a species.
+        class_means, min_similarity: the answer is "unknown" too where the photo's FEATURE_LAYER
+            features have a cosine below `min_similarity` to every row of `class_means` (`class_means`,
+            `load_class_means(model_path)`, `load_min_similarity(model_path)`); None or 0: no such test.
 
     Returns:
         {file: Answers([Prediction(name, class_id, probability), ...], unknown)}, keyed by file name
@@ -374,6 +393,7 @@ def predict(model, images, top_k=5, class_names=None, min_confidence=0.0):
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer; got {top_k!r}")
     check_min_confidence(min_confidence)
+    check_min_confidence(min_similarity, "min_similarity")
     if isinstance(images, (str, os.PathLike)):
         keys = image_files(images)
         paths = [os.path.join(images, name) for name in keys]
@@ -382,23 +402,37 @@ def predict(model, images, top_k=5, class_names=None, min_confidence=0.0):
         missing = [path for path in paths if not os.path.isfile(path)]
         if missing:
             raise FileNotFoundError(f"{len(missing)} image file(s) not found: {', '.join(missing)}")
-    decoded, probabilities = predict_probabilities(model, paths)
+    if class_means is not None and min_similarity > 0:
+        decoded, probabilities, similarities = predict_similarities(model, paths, class_means)
+    else:
+        (decoded, probabilities), similarities = predict_probabilities(model, paths), None
+    unknown = unknown_answers(probabilities, min_confidence, similarities, min_similarity)
     class_names = class_names or {}
     ranked = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
     return {
         keys[index]: Answers(
             [Prediction(class_name(int(label), class_names), int(label), float(row[label])) for label in labels],
-            unknown=bool(row[labels[0]] < min_confidence),
+            unknown=bool(is_unknown),
         )
-        for index, row, labels in zip(decoded, probabilities, ranked)
+        for index, row, labels, is_unknown in zip(decoded, probabilities, ranked, unknown)
     }
 
 
-def check_min_confidence(min_confidence):
-    """Raise ValueError unless `min_confidence` is a probability, 0 to 1."""
+def unknown_answers(probabilities, min_confidence, similarities=None, min_similarity=0.0):
+    """Which rows of `probabilities` are answered "unknown": the largest probability below
+    `min_confidence`, or the cosine to the nearest class mean (`similarities`, where given) below
+    `min_similarity`."""
+    unknown = probabilities.max(axis=1, initial=0.0) < min_confidence
+    if similarities is not None:
+        unknown |= similarities < min_similarity
+    return unknown
+
+
+def check_min_confidence(min_confidence, name="min_confidence"):
+    """Raise ValueError unless `min_confidence` (or the threshold `name`) is a number from 0 to 1."""
     number = isinstance(min_confidence, (int, float, np.integer, np.floating)) and not isinstance(min_confidence, bool)
     if not number or not 0 <= min_confidence <= 1:
-        raise ValueError(f"min_confidence must be a number from 0 to 1; got {min_confidence!r}")
+        raise ValueError(f"{name} must be a number from 0 to 1; got {min_confidence!r}")
 
 
 def predict_probabilities(model, paths, views=TEST_VIEWS):
@@ -426,6 +460,31 @@ def predict_probabilities(model, paths, views=TEST_VIEWS):
     if not decoded:
         return np.zeros(0, int), np.zeros((0, model.output_shape[-1]), np.float32)
     return np.concatenate(decoded), np.concatenate(probabilities)
+
+
+def predict_similarities(model, paths, class_means):
+    """`predict_probabilities` (whole images), and each photo's cosine to the nearest row of `class_means`
+    (unit vectors of FEATURE_LAYER features, `class_means`), from the same one pass.
+
+    Returns (indices into `paths` of the files that decoded; their probabilities; their cosines)."""
+    class_means = _validated_class_means(class_means, model)
+    decoded, both = predict_probabilities(_with_features(model), paths)
+    classes = model.output_shape[-1]
+    return decoded, both[:, :classes], (_unit_rows(both[:, classes:]) @ class_means.T).max(axis=1, initial=0.0)
+
+
+def class_means(model, train_gt, train_img_dir):
+    """The mean FEATURE_LAYER features of each class's photos in `train_gt` (whole images, as `classify`
+    sees them), scaled to unit length: float32 of shape (classes, features), zero for a class without a
+    decodable photo. What `predict` compares photos with, and `save_model` stores."""
+    names, labels = _validated_training_set(train_gt, train_img_dir)
+    classes = model.output_shape[-1]
+    decoded, both = predict_probabilities(_with_features(model), [os.path.join(train_img_dir, name) for name in names])
+    features, labels = both[:, classes:], labels[decoded]
+    means = np.zeros((classes, features.shape[1]), np.float32)
+    for label in np.unique(labels):
+        means[label] = features[labels == label].mean(axis=0)
+    return _unit_rows(means)
 
 
 def bird_boxes(model, paths):
@@ -479,11 +538,12 @@ def open_image(path, size):
         return _to_rgb(ImageOps.exif_transpose(image))
 
 
-def save_model(model, path, class_names=None, min_confidence=None):
+def save_model(model, path, class_names=None, min_confidence=None, class_means=None, min_similarity=None):
     """Save `model` as one HDF5 file that Keras 2.15 and Keras 3 (any backend) open with plain
     `keras.models.load_model`, giving the same probabilities; with `class_names` ({class id:
     name}), the species names travel in the file too (`load_class_names` reads them back), and so
-    does `min_confidence`, the "unknown" threshold of `predict` (`load_min_confidence`).
+    do `min_confidence`, the "unknown" threshold of `predict` (`load_min_confidence`), and its class
+    means and their threshold (`load_class_means`, `load_min_similarity`).
 
     HDF5, because the checker opens the file with `load_model` and Keras 2 reads no other format
     that Keras 3 writes. Each version saves its own dialect of the configuration; `_portable_layer`
@@ -494,6 +554,10 @@ def save_model(model, path, class_names=None, min_confidence=None):
     names = _validated_class_names(class_names or {})
     if min_confidence is not None:
         check_min_confidence(min_confidence)
+    if min_similarity is not None:
+        check_min_confidence(min_similarity, "min_similarity")
+    if class_means is not None:
+        class_means = _validated_class_means(class_means, model)
     model.save(path, include_optimizer=False)
     with h5py.File(path, "r+") as file:
         config = json.loads(file.attrs["model_config"])
@@ -503,6 +567,10 @@ def save_model(model, path, class_names=None, min_confidence=None):
             file.attrs[CLASS_NAMES_ATTRIBUTE] = json.dumps({str(label): name for label, name in sorted(names.items())})
         if min_confidence is not None:
             file.attrs[MIN_CONFIDENCE_ATTRIBUTE] = float(min_confidence)
+        if class_means is not None:
+            file.create_dataset(CLASS_MEANS_DATASET, data=class_means)
+        if min_similarity is not None:
+            file.attrs[MIN_SIMILARITY_ATTRIBUTE] = float(min_similarity)
 
 
 def check_model_path(path):
@@ -529,6 +597,49 @@ def load_min_confidence(path):
     species) for a file saved without one."""
     with h5py.File(path, "r") as file:
         return float(file.attrs.get(MIN_CONFIDENCE_ATTRIBUTE, 0.0))
+
+
+def load_class_means(path):
+    """The class means saved in the model file at `path` by `save_model` (float32, classes x features),
+    or None for a file saved without them."""
+    with h5py.File(path, "r") as file:
+        return np.asarray(file[CLASS_MEANS_DATASET], np.float32) if CLASS_MEANS_DATASET in file else None
+
+
+def load_min_similarity(path):
+    """The cosine threshold saved in the model file at `path` by `save_model`; 0 (no such test) for a file
+    saved without one."""
+    with h5py.File(path, "r") as file:
+        return float(file.attrs.get(MIN_SIMILARITY_ATTRIBUTE, 0.0))
+
+
+def _with_features(model):
+    """`model` with one output: its probabilities, then its FEATURE_LAYER features, side by side, so that
+    the one image pipeline (`predict_probabilities`) gives both from one pass."""
+    outputs = [model.output, _feature_layer(model).output]
+    return keras.Model(model.inputs, layers.Concatenate(name="probabilities_and_features")(outputs))
+
+
+def _feature_layer(model):
+    """The FEATURE_LAYER of `model`, or a ValueError that says class means need it."""
+    if FEATURE_LAYER not in [layer.name for layer in model.layers]:
+        raise ValueError(f"class means need the layer {FEATURE_LAYER!r}, which this model lacks")
+    return model.get_layer(FEATURE_LAYER)
+
+
+def _validated_class_means(class_means, model):
+    """`class_means` as float32, or a ValueError unless it has one row per output of `model` and one
+    column per FEATURE_LAYER feature."""
+    class_means = np.asarray(class_means, np.float32)
+    expected = (model.output_shape[-1], _feature_layer(model).output.shape[-1])
+    if class_means.shape != expected:
+        raise ValueError(f"class_means must have shape {expected} for this model; got {class_means.shape}")
+    return class_means
+
+
+def _unit_rows(vectors):
+    """Each row scaled to unit length; an all-zero row stays zero."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _file_names(folder):

@@ -28,6 +28,7 @@ import html
 import io
 import os
 import time
+import typing
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -64,6 +65,8 @@ class Evaluation:
     missing: list  # names in gt.csv with no file in the folder
     unreadable: list  # files present that could not be decoded
     seconds: float  # time taken by the pass of predictions
+    # (len(files),) cosines to the nearest class mean, where `evaluate` was given class means
+    similarities: typing.Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass
@@ -77,35 +80,40 @@ class Summary:
     per_class: list  # (class id, images, correct), worst accuracy first
     pairs: list  # (true, predicted, count) of every off-diagonal cell, most frequent first
     mistakes: list  # (file, true, predicted, probability), most confident first
-    unknown: int  # answers "unknown": best probability below the threshold given to `summarise`
+    unknown: int  # answers "unknown": below a threshold given to `summarise`
     top1_named: float  # top-1 accuracy of the best guesses, "unknown" answers included
 
 
-def evaluate(model, image_dir, expected):
+def evaluate(model, image_dir, expected, class_means=None):
     """Predict every image named in `expected` ({file name, or path relative to `image_dir`: class id})
-    that is in `image_dir`."""
+    that is in `image_dir`; with `class_means`, each photo's cosine to the nearest one too, from the same
+    pass (`classification.predict_similarities`)."""
     present = {name for name in expected if os.path.isfile(os.path.join(image_dir, name))}
     wanted = sorted(present)
+    paths = [os.path.join(image_dir, name) for name in wanted]
     start = time.time()
-    decoded, probabilities = classification.predict_probabilities(
-        model, [os.path.join(image_dir, name) for name in wanted]
-    )
+    if class_means is None:
+        (decoded, probabilities), similarities = classification.predict_probabilities(model, paths), None
+    else:
+        decoded, probabilities, similarities = classification.predict_similarities(model, paths, class_means)
     seconds = time.time() - start
     decoded_files = [wanted[index] for index in decoded]
     return Evaluation(
         expected=dict(expected),
         files=decoded_files,
         probabilities=probabilities,
+        similarities=similarities,
         missing=sorted(name for name in expected if name not in present),
         unreadable=sorted(set(wanted) - set(decoded_files)),
         seconds=seconds,
     )
 
 
-def summarise(evaluation, min_confidence=0.0):
+def summarise(evaluation, min_confidence=0.0, min_similarity=0.0):
     """The report's figures: accuracy, top-k accuracy, confusion counts, per-class accuracy,
     most-confused pairs and the most confident mistakes. An answer whose best probability is below
-    `min_confidence` is "unknown" and counts as wrong in the accuracies; the confusion matrix, the
+    `min_confidence`, or whose cosine to the nearest class mean (where the evaluation has them) is
+    below `min_similarity`, is "unknown" and counts as wrong in the accuracies; the confusion matrix, the
     pairs and the mistakes show the best guesses."""
     expected = evaluation.expected
     probabilities = evaluation.probabilities
@@ -114,7 +122,7 @@ def summarise(evaluation, min_confidence=0.0):
     predicted = np.argmax(probabilities, axis=1) if len(truth) else np.zeros(0, int)
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
     in_topk = (ranked == truth[:, None]).any(axis=1)
-    unknown = probabilities.max(axis=1, initial=0.0) < min_confidence
+    unknown = classification.unknown_answers(probabilities, min_confidence, evaluation.similarities, min_similarity)
     right = (predicted == truth) & ~unknown
 
     confusion = np.zeros((classes, classes), int)

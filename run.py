@@ -18,13 +18,15 @@
     python run.py --predict [IMAGE_OR_DIR ...]    the --top-k (default 3) species of each image, with
         [--top-k K] [--output CSV]                their probabilities, as a table and in CSV, "unknown"
         [--model PATH] [--classes CSV]            below the confidence P (default: the model's); with
-        [--min-confidence P]                      no image given, the sample photos in samples/
+        [--min-confidence P] [--min-similarity S] no image given, the sample photos in samples/; also
+                                                  "unknown" where the photo's features are unlike every
+                                                  species' mean (cosine below S, default: the model's)
     python run.py --report TESTS_DIR              an HTML evaluation report (--output, default
     python run.py --report SPECIES_DIR            report.html; report_NN.html for each of several
     python run.py --report IMAGES_DIR --gt GT_CSV NN_input folders): accuracy, per-species accuracy,
         [--train-dir TRAIN_DIR] [--classes CSV]   the confusion matrix, the most confused pairs and
         [--model PATH] [--output HTML]            the most confident mistakes, with photos; a folder
-        [--min-confidence P]                      per species is matched to the model's species by name
+        [--min-confidence P] [--min-similarity S] per species is matched to the model's species by name
 
 Species names come from --classes (a class_id,name CSV), else from a classes.csv at the top of a
 TESTS_DIR, else from the model file; an id with no name is shown as "class N".
@@ -32,6 +34,7 @@ The main job is `python run.py ../shared/birds`.
 """
 
 import argparse
+import collections
 import csv
 import os
 import sys
@@ -55,6 +58,10 @@ FILES_SHOWN = 5
 
 # The assignment's marking table: (lowest accuracy, mark), best first; any accuracy above 0 earns 1.
 MARKS = ((0.85, 10), (0.83, 9), (0.80, 8), (0.75, 7), (0.70, 6), (0.65, 5), (0.60, 4), (0.50, 3), (0.40, 2))
+
+
+# The thresholds of the "unknown" answer, in the order `classification.predict` takes them after the names.
+UnknownRule = collections.namedtuple("UnknownRule", ["min_confidence", "class_means", "min_similarity"])
 
 
 class HarnessError(ValueError):
@@ -100,7 +107,14 @@ def main(argv=None):
         type=float,
         metavar="P",
         help="--predict, --report: answer 'unknown' where the best probability is below P, 0-1 "
-        "(default: the model file's threshold; 0: always name a species)",
+        "(default: the model file's threshold; 0: always name a species, unless --min-similarity is given)",
+    )
+    parser.add_argument(
+        "--min-similarity",
+        type=float,
+        metavar="S",
+        help="--predict, --report: answer 'unknown' too where the photo's features have a cosine below S, 0-1, "
+        "to every species' mean (default: the model file's threshold; 0: no such test)",
     )
     parser.add_argument("paths", nargs="*", metavar="PATH")
     args = parser.parse_args(argv)
@@ -113,8 +127,9 @@ def main(argv=None):
     ):
         if getattr(args, option) is not None and mode != option_mode:
             parser.error(f"--{option.replace('_', '-')} goes with --{option_mode}")
-    if args.min_confidence is not None and mode not in ("predict", "report"):
-        parser.error("--min-confidence goes with --predict or --report")
+    for option in ("min_confidence", "min_similarity"):
+        if getattr(args, option) is not None and mode not in ("predict", "report"):
+            parser.error(f"--{option.replace('_', '-')} goes with --predict or --report")
     try:
         if args.train:
             train_dir, model_path = _exactly(args.paths, 2, "--train TRAIN_DIR MODEL_PATH")
@@ -122,13 +137,16 @@ def main(argv=None):
         elif args.predict:
             images = args.paths or [os.path.relpath(SAMPLES_DIR)]
             top_k = DEFAULT_TOP_K if args.top_k is None else args.top_k
-            predict_files(images, args.model, top_k, args.output, args.classes, args.min_confidence)
+            predict_files(
+                images, args.model, top_k, args.output, args.classes, args.min_confidence, args.min_similarity
+            )
         elif args.report:
             (test_dir,) = _exactly(
                 args.paths, 1, "--report TESTS_DIR or SPECIES_DIR, or --report IMAGES_DIR --gt GT_CSV"
             )
             output = args.output or "report.html"
-            write_report(test_dir, args.gt, args.train_dir, args.classes, args.model, output, args.min_confidence)
+            thresholds = (args.min_confidence, args.min_similarity)
+            write_report(test_dir, args.gt, args.train_dir, args.classes, args.model, output, *thresholds)
         elif os.environ.get("CHECKER"):
             data_dir, output_dir = _exactly(args.paths, 2, "DATA_DIR OUTPUT_DIR")
             run_single_test(data_dir, output_dir)
@@ -167,35 +185,47 @@ def train_and_save(train_dir, model_path, classes_path=None, validation=None, re
     start = time.time()
     model, history = classification.train(data.gt, data.image_dir, recipe, validation=validation_set)
     print(f"Trained in {time.time() - start:.0f} s")
-    classification.save_model(model, model_path, data.class_names, classification.DEFAULT_MIN_CONFIDENCE)
+    print("The mean features of each species, for the 'unknown' answer:")
+    means = classification.class_means(model, data.gt, data.image_dir)
+    classification.save_model(
+        model,
+        model_path,
+        data.class_names,
+        classification.DEFAULT_MIN_CONFIDENCE,
+        means,
+        classification.DEFAULT_MIN_SIMILARITY,
+    )
     curves_path = os.path.splitext(model_path)[0] + "_training.png"
     report.training_curves(history).savefig(curves_path)
     print(f"Saved {model_path} and {curves_path}")
 
 
-def predict_files(images, model_path, top_k, output_path=None, classes_path=None, min_confidence=None):
-    """Label image files and folders with the top-k species, "unknown" below `min_confidence` (default:
-    the model file's threshold); print a table, write a CSV if asked."""
+def predict_files(
+    images, model_path, top_k, output_path=None, classes_path=None, min_confidence=None, min_similarity=None
+):
+    """Label image files and folders with the top-k species, "unknown" below `min_confidence` or
+    `min_similarity` (default: the model file's thresholds, `_unknown_rule`); print a table, write a CSV
+    if asked."""
     if top_k < 1:
         raise HarnessError(f"--top-k must be at least 1; got {top_k}")
-    min_confidence = _min_confidence(min_confidence, model_path)
+    rule = _unknown_rule(min_confidence, min_similarity, model_path)
     model = load_model(model_path)
     class_names = _class_names(classes_path, model_path)
     top_k = min(top_k, model.output_shape[-1])
     predictions = {}
     for path in images:
         if os.path.isdir(path):
-            answers = classification.predict(model, path, top_k, class_names, min_confidence)
+            answers = classification.predict(model, path, top_k, class_names, *rule)
             predictions.update({os.path.join(path, name): answer for name, answer in answers.items()})
             _say_passed_over(datasets.passed_over_files(path), path)
         elif os.path.isfile(path):
-            predictions.update(classification.predict(model, [path], top_k, class_names, min_confidence))
+            predictions.update(classification.predict(model, [path], top_k, class_names, *rule))
         else:
             raise HarnessError(f"not an image file or folder: {path!r}")
     print(format_predictions(predictions))
     unknown = sum(answers.unknown for answers in predictions.values())
     if unknown:
-        print(f"{unknown} of {len(predictions)} answered unknown: best probability below {min_confidence:.0%}")
+        print(f"{unknown} of {len(predictions)} answered unknown: {_unknown_reason(rule)}")
     if output_path:
         write_predictions(output_path, predictions)
         print(f"Wrote {len(predictions)} rows to {output_path}")
@@ -259,12 +289,14 @@ def write_report(
     model_path=MODEL_PATH,
     output_path="report.html",
     min_confidence=None,
+    min_similarity=None,
 ):
     """HTML evaluation reports of the model, each from one pass of predictions: one for an image
     folder with `gt_path` or a folder per species, or one per NN_input folder of a tests folder (named
-    OUTPUT_NN.html when there are several). Answers below `min_confidence` (default: the model file's
-    threshold) are "unknown" and count as wrong. Returns {report path: report.Summary}."""
-    min_confidence = _min_confidence(min_confidence, model_path)
+    OUTPUT_NN.html when there are several). Answers below `min_confidence` or `min_similarity` (default:
+    the model file's thresholds, `_unknown_rule`) are "unknown" and count as wrong. Returns {report path:
+    report.Summary}."""
+    rule = _unknown_rule(min_confidence, min_similarity, model_path)
     model = load_model(model_path)
     names = _class_names(classes_path, model_path)
     test_sets = datasets.test_sets(test_dir, gt_path, train_dir, names)
@@ -278,8 +310,8 @@ def write_report(
         class_names = datasets.read_classes(test.classes_path) if use_layout_names else names
         examples = datasets.training_examples(test.train_dir) if test.train_dir else None
         _say_passed_over(datasets.passed_over_files(test.image_dir, test.expected), test.image_dir)
-        evaluation = report.evaluate(model, test.image_dir, test.expected)
-        summary = report.summarise(evaluation, min_confidence)
+        evaluation = report.evaluate(model, test.image_dir, test.expected, rule.class_means)
+        summary = report.summarise(evaluation, rule.min_confidence, rule.min_similarity)
         title = f"{os.path.basename(model_path)} on {os.path.abspath(test.image_dir)}"
         page = report.html_report(evaluation, summary, class_names, test.image_dir, examples, title, mark(summary.top1))
         try:
@@ -291,9 +323,9 @@ def write_report(
             f"top-1 accuracy {summary.top1:.4f}, top-{report.TOP_K} {summary.topk:.4f}, mark {mark(summary.top1)}, "
             f"{summary.images} images ({len(evaluation.missing)} missing, {len(evaluation.unreadable)} unreadable)"
         )
-        if min_confidence > 0:
+        if rule.min_confidence > 0 or rule.class_means is not None:
             print(
-                f"{summary.unknown} answered unknown (best probability below {min_confidence:.0%}), counted as "
+                f"{summary.unknown} answered unknown ({_unknown_reason(rule)}), counted as "
                 f"wrong; naming a species for every image, top-1 accuracy would be {summary.top1_named:.4f}"
             )
         print(f"Wrote {path} in {time.time() - start:.1f} s (predictions {evaluation.seconds:.1f} s)")
@@ -373,17 +405,40 @@ def _class_names(classes_path, model_path):
     return datasets.read_classes(classes_path) if classes_path else classification.load_class_names(model_path)
 
 
-def _min_confidence(min_confidence, model_path):
-    """--min-confidence if given (checked to be 0-1), else the model file's "unknown" threshold."""
+def _unknown_rule(min_confidence, min_similarity, model_path):
+    """The thresholds of the "unknown" answer, as `classification.predict` takes them: --min-confidence
+    and --min-similarity where given (checked to be 0-1), else the model file's; --min-confidence 0 alone
+    turns "unknown" off. The class means come from the model file, where the cosine test is on."""
+    saved = os.path.isfile(model_path)
     if min_confidence is None:
-        return classification.load_min_confidence(model_path) if os.path.isfile(model_path) else 0.0
-    try:
-        classification.check_min_confidence(min_confidence)
-    except ValueError as error:
+        min_confidence = classification.load_min_confidence(model_path) if saved else 0.0
+    elif min_similarity is None and min_confidence == 0:
+        min_similarity = 0.0
+    if min_similarity is None:
+        min_similarity = classification.load_min_similarity(model_path) if saved else 0.0
+    for option, value, off in (
+        ("--min-confidence", min_confidence, "'unknown'"),
+        ("--min-similarity", min_similarity, "the cosine test"),
+    ):
+        try:
+            classification.check_min_confidence(value)
+        except ValueError as error:
+            raise HarnessError(f"{option} must be from 0 to 1 (0 turns {off} off); got {value}") from error
+    class_means = classification.load_class_means(model_path) if saved and min_similarity > 0 else None
+    if min_similarity > 0 and class_means is None:
         raise HarnessError(
-            f"--min-confidence must be from 0 to 1 (0 turns 'unknown' off); got {min_confidence}"
-        ) from error
-    return min_confidence
+            f"--min-similarity needs the species' mean features, which {model_path!r} lacks "
+            f"(run.py --train saves them); give --min-similarity 0"
+        )
+    return UnknownRule(min_confidence, class_means, min_similarity)
+
+
+def _unknown_reason(rule):
+    """What an "unknown" answer means under `rule`, for a line on screen."""
+    reason = f"best probability below {rule.min_confidence:.0%}"
+    if rule.class_means is not None:
+        reason += f" or features unlike every species' (cosine below {rule.min_similarity:.2f})"
+    return reason
 
 
 def _say_passed_over(files, folder):

@@ -9,7 +9,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import IMAGE_SHAPE, NUM_CLASSES, PROJECT_DIR, write_images
+from conftest import IMAGE_SHAPE, NUM_CLASSES, PROJECT_DIR, SMALL_IMAGE_SIZE, write_images
 from PIL import Image
 
 import classification
@@ -123,6 +123,13 @@ def test_train_command_takes_a_folder_per_species_and_saves_names_and_threshold(
     run.train_and_save(root, model_path, recipe=classification.FAST_RECIPE)
     assert classification.load_class_names(model_path) == dict(enumerate(SPECIES))
     assert classification.load_min_confidence(model_path) == classification.DEFAULT_MIN_CONFIDENCE
+    assert classification.load_min_similarity(model_path) == pytest.approx(classification.DEFAULT_MIN_SIMILARITY)
+    model = keras.models.load_model(model_path)
+    np.testing.assert_allclose(
+        classification.load_class_means(model_path),
+        classification.class_means(model, train_gt, folder),
+        atol=1e-5,
+    )
     assert f"Training on {len(train_gt)} photos of {NUM_CLASSES} species" in capsys.readouterr().out
 
 
@@ -283,3 +290,77 @@ def test_the_public_training_data_as_a_folder_per_species_trains_the_same_model(
     assert len(from_csv.get_weights()) == len(from_folders.get_weights())
     for csv_weights, folder_weights in zip(from_csv.get_weights(), from_folders.get_weights()):
         np.testing.assert_array_equal(csv_weights, folder_weights)
+
+
+def _features(model, paths):
+    """An independent reference: the FEATURE_LAYER output of `model` on the resized photos."""
+    images = np.stack([classification._load_image(path, SMALL_IMAGE_SIZE) for path in paths]).astype("float32")
+    features_model = keras.Model(model.inputs, model.get_layer(classification.FEATURE_LAYER).output)
+    return np.asarray(features_model.predict(images, verbose=0))
+
+
+def _unit(vectors):
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_class_means_travel_in_the_model_file_which_plain_keras_still_opens(small_model, train_set, tmp_path):
+    train_gt, folder = train_set
+    names = sorted(train_gt)
+    features = _features(small_model, [os.path.join(folder, name) for name in names])
+    labels = np.array([train_gt[name] for name in names])
+    expected = _unit(np.stack([features[labels == label].mean(axis=0) for label in range(NUM_CLASSES)]))
+    means = classification.class_means(small_model, train_gt, folder)
+    np.testing.assert_allclose(means, expected, atol=1e-5)
+
+    path = str(tmp_path / "with_means.hdf5")
+    classification.save_model(small_model, path, class_means=means, min_similarity=0.5)
+    np.testing.assert_array_equal(classification.load_class_means(path), means)
+    assert classification.load_min_similarity(path) == 0.5
+    images = np.random.default_rng(0).integers(0, 256, (2, SMALL_IMAGE_SIZE, SMALL_IMAGE_SIZE, 3))
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(images, verbose=0), small_model.predict(images, verbose=0))
+
+    plain = str(tmp_path / "plain.hdf5")
+    classification.save_model(small_model, plain)
+    assert classification.load_class_means(plain) is None and classification.load_min_similarity(plain) == 0.0
+    with pytest.raises(ValueError, match=r"class_means must have shape \(3, 256\) for this model; got \(3, 4\)"):
+        classification.save_model(small_model, plain, class_means=np.ones((NUM_CLASSES, 4)))
+    with pytest.raises(ValueError, match="min_similarity must be a number from 0 to 1; got 1.5"):
+        classification.save_model(small_model, plain, min_similarity=1.5)
+
+
+def test_unknown_where_a_photo_is_unlike_every_class_mean(small_model, train_set, tmp_path, capsys):
+    train_gt, folder = train_set
+    means = classification.class_means(small_model, train_gt, folder)
+    photos = tmp_path / "photos"
+    names = [f"{index}.png" for index in range(8)]
+    write_images(photos, names, seed=5)
+    cosines = (_unit(_features(small_model, [os.path.join(photos, name) for name in names])) @ means.T).max(axis=1)
+    # A threshold between the photos' cosines, so that some are unknown and some are not.
+    threshold = float(np.median(cosines))
+    expected = {name: bool(cosine < threshold) for name, cosine in zip(names, cosines)}
+    assert 0 < sum(expected.values()) < len(names)
+
+    answers = classification.predict(small_model, str(photos), class_means=means, min_similarity=threshold)
+    assert {name: answer.unknown for name, answer in answers.items()} == expected
+    none = classification.predict(small_model, str(photos), class_means=means, min_similarity=0.0)
+    assert not any(answer.unknown for answer in none.values())
+    gt = {name: 0 for name in names}
+    evaluation = report.evaluate(small_model, str(photos), gt, means)
+    np.testing.assert_allclose(evaluation.similarities, cosines, atol=1e-5)
+    assert report.summarise(evaluation, 0.0, threshold).unknown == sum(expected.values())
+
+    model_path = str(tmp_path / "model.hdf5")
+    classification.save_model(small_model, model_path, class_means=means, min_similarity=threshold)
+    assert run.main(["--predict", str(photos), "--model", model_path]) == 0
+    printed = capsys.readouterr().out
+    assert f"{sum(expected.values())} of {len(names)} answered unknown" in printed
+    assert "features unlike every species'" in printed
+    assert run.main(["--predict", str(photos), "--model", model_path, "--min-confidence", "0"]) == 0
+    assert "answered unknown" not in capsys.readouterr().out
+    assert run.main(["--predict", str(photos), "--model", model_path, "--min-similarity", "1.5"]) == 1
+    assert "--min-similarity must be from 0 to 1 (0 turns the cosine test off); got 1.5" in capsys.readouterr().err
+    without_means = str(tmp_path / "without_means.hdf5")
+    classification.save_model(small_model, without_means)
+    assert run.main(["--predict", str(photos), "--model", without_means, "--min-similarity", "0.5"]) == 1
+    assert "--min-similarity needs the species' mean features" in capsys.readouterr().err
