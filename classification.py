@@ -131,6 +131,9 @@ MIN_SIMILARITY_ATTRIBUTE = "min_similarity"
 # DEFAULT_MIN_CONFIDENCE or the cosine to the nearest class mean below this, the pair as small as keeps 95 %
 # of the held-out photos of the model's own species (3 splits; both thresholds keep the same share).
 DEFAULT_MIN_SIMILARITY = 0.64
+# Steps of the share of photos that each threshold of `unknown_thresholds` keeps: 0.025 %, finer than one
+# photo in the few hundred a study holds out.
+THRESHOLD_STEP = 0.00025
 
 # The feature map that locates the bird for the crop views: the backbone's last activation (7x7 at
 # 224 px, 1280 channels), whose channel mean is high on the object the ImageNet filters respond to
@@ -202,7 +205,7 @@ class Recipe:
     mixup_alpha: float = 0.4
     # Upper parts (blocks after `split_layer` plus the head) fine-tuned one after another on the same
     # cached views, each from the ImageNet weights with its own head, shuffles and mixing; the saved model
-    # runs the one frozen lower part once and averages their probabilities (`_ensemble`). Each member
+    # runs the one frozen lower part once and averages their probabilities (`ensemble`). Each member
     # costs one more fine-tuning, and at test time one more upper part.
     ensemble_members: int = 1
     # Width of the hidden Dense layer of the head, and the dropout after it.
@@ -347,7 +350,7 @@ def train(train_gt, train_img_dir, recipe=RECIPE, validation=None):
             model, head_layers = _build_model(num_classes, IMAGE_SIZE, recipe, weights="imagenet")
         phases.append(_fine_tune(model, head_layers, train_data, validation_data, recipe, keep_best_epoch))
         members.append(model)
-    model = _ensemble(members, recipe.split_layer) if len(members) > 1 else members[0]
+    model = ensemble(members, recipe.split_layer) if len(members) > 1 else members[0]
     # The first member's figures, as a one-member recipe gives them; an ensemble adds every member's.
     history = dict(phases[0], members=phases) if len(phases) > 1 else phases[0]
     _compile(model, keras.optimizers.Adam(recipe.fine_tune_learning_rate), recipe)
@@ -428,6 +431,24 @@ def unknown_answers(probabilities, min_confidence, similarities=None, min_simila
     return unknown
 
 
+def unknown_thresholds(largest_probabilities, similarities, kept):
+    """The thresholds (min_confidence, min_similarity) of `unknown_answers` under which the share `kept` of
+    some photos of the model's own species is still named, given each photo's largest probability and
+    cosine to the nearest class mean: each threshold keeping the same share of the photos, the smallest
+    such share from `kept` up, in steps of THRESHOLD_STEP, whose rule keeps `kept`. (At a share of 1 the
+    thresholds are the smallest scores, which keep every photo.)"""
+    largest, similarities = np.asarray(largest_probabilities), np.asarray(similarities)
+
+    def thresholds(share):
+        return float(np.quantile(largest, 1 - share)), float(np.quantile(similarities, 1 - share))
+
+    def keeps(pair):
+        return np.mean(~unknown_answers(largest[:, None], pair[0], similarities, pair[1])) >= kept
+
+    shares = np.append(np.arange(kept, 1, THRESHOLD_STEP), 1.0)
+    return next(pair for pair in map(thresholds, shares) if keeps(pair))
+
+
 def check_min_confidence(min_confidence, name="min_confidence"):
     """Raise ValueError unless `min_confidence` (or the threshold `name`) is a number from 0 to 1."""
     number = isinstance(min_confidence, (int, float, np.integer, np.floating)) and not isinstance(min_confidence, bool)
@@ -485,6 +506,29 @@ def class_means(model, train_gt, train_img_dir):
     for label in np.unique(labels):
         means[label] = features[labels == label].mean(axis=0)
     return _unit_rows(means)
+
+
+def ensemble(members, split_layer=RECIPE.split_layer):
+    """One flat model of several trained models (`members`) that share their frozen lower part, up to
+    `split_layer`, as those of one recipe do: the first member whole, and copies of the other members'
+    layers after `split_layer` (named with "_member_N", holding their weights) called on the first's
+    `split_layer` output; their probabilities averaged by a standard `Average` layer, so that the file
+    needs no custom code. What `train` returns for `Recipe.ensemble_members` > 1; studies combine models
+    trained apart with it."""
+    first = members[0]
+    split = first.get_layer(split_layer).output
+    outputs = [first.output]
+    for number, member in enumerate(members[1:], start=2):
+        upper = member.layers[member.layers.index(member.get_layer(split_layer)) + 1 :]
+        copies = {
+            layer.name: layer.__class__.from_config(dict(layer.get_config(), name=f"{layer.name}_member_{number}"))
+            for layer in upper
+        }
+        outputs.append(_call_after(member, split_layer, split, copies))
+        for layer in upper:
+            copies[layer.name].set_weights(layer.get_weights())
+    averaged = layers.Average(name="ensemble_average")(outputs)
+    return keras.Model(first.inputs, averaged, name=first.name)
 
 
 def bird_boxes(model, paths):
@@ -851,27 +895,6 @@ def _fine_tune(model, head_layers, train_data, validation_data, recipe, keep_bes
         trainer, train_data, validation_data, recipe.fine_tune_epochs, optimizer, recipe, keep_best_epoch
     )
     return history
-
-
-def _ensemble(members, split_layer):
-    """One flat model of several trained `members` that share their frozen lower part: the first member
-    whole, and copies of the other members' layers after `split_layer` (named with "_member_N", holding
-    their weights) called on the first's `split_layer` output; their probabilities averaged by a standard
-    `Average` layer, so that the file needs no custom code."""
-    first = members[0]
-    split = first.get_layer(split_layer).output
-    outputs = [first.output]
-    for number, member in enumerate(members[1:], start=2):
-        upper = member.layers[member.layers.index(member.get_layer(split_layer)) + 1 :]
-        copies = {
-            layer.name: layer.__class__.from_config(dict(layer.get_config(), name=f"{layer.name}_member_{number}"))
-            for layer in upper
-        }
-        outputs.append(_call_after(member, split_layer, split, copies))
-        for layer in upper:
-            copies[layer.name].set_weights(layer.get_weights())
-    averaged = layers.Average(name="ensemble_average")(outputs)
-    return keras.Model(first.inputs, averaged, name=first.name)
 
 
 def _cached_views(model, paths, recipe, rng, subset):

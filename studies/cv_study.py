@@ -12,7 +12,8 @@ The public test is not scored here: it reports the adopted recipe only (studies/
     python -m studies.cv_study DATA_DIR OUT_DIR --variants NAME --rescore   # the test-time views again,
                                                             # on the fold models saved in OUT_DIR/models
     python -m studies.cv_study DATA_DIR OUT_DIR --average NAME NAME ...     # the saved fold models of
-                                                            # several variants, their probabilities averaged
+                                                            # several variants as one ensemble
+    ... --unknown [--not-birds DIR]     # also the thresholds of the "unknown" answer on each fold
 
 DATA_DIR is in the checker's layout (00_input/train, 00_input/test/images, 00_gt/gt.csv). It runs on the
 installed backend: KERAS_BACKEND=jax on a GPU machine without TensorFlow, TensorFlow by default. Writes
@@ -90,6 +91,13 @@ def main():
         help="score the average of the probabilities of these variants' saved fold models, no training: "
         "an ensemble of models trained apart (with other seeds, each its own cached views)",
     )
+    parser.add_argument(
+        "--unknown",
+        action="store_true",
+        help="also the thresholds of the 'unknown' answer that keep 95 %% of each fold's held-out photos "
+        "(one more pass, over the fold's training photos, for the class means)",
+    )
+    parser.add_argument("--not-birds", metavar="DIR", help="with --unknown: the share of these photos caught")
     args = parser.parse_args()
 
     train_dir = os.path.join(args.data_dir, "00_input", "train")
@@ -117,19 +125,23 @@ def main():
                 held_out = {image: label for image, label in train_gt.items() if fold_of[image] == fold}
                 start = time.time()
                 if args.rescore or args.average:
-                    models, minutes = [run.load_model(path) for path in model_paths], None
+                    loaded = [run.load_model(path) for path in model_paths]
+                    model, minutes = (classification.ensemble(loaded) if len(loaded) > 1 else loaded[0]), None
                 else:
                     recipe = dataclasses.replace(classification.RECIPE, **changes[0])
-                    models = [classification.train(fold_gt, image_dir, recipe)[0]]
+                    model, _ = classification.train(fold_gt, image_dir, recipe)
                     minutes = (time.time() - start) / 60
-                    classification.save_model(models[0], model_paths[0])
-                accuracies, kept_threshold = _accuracies(models, image_dir, held_out)
+                    classification.save_model(model, model_paths[0])
+                accuracies, kept_threshold = _accuracies(model, image_dir, held_out)
                 print(f"{name}, fold {fold}: " + ", ".join(f"{key} {value:.3f}" for key, value in accuracies.items()))
                 result = dict(variant=name, fold=fold, backend=keras.backend.backend(), changes=changes[0])
                 if args.average:
                     result.update(averaged=members, changes=changes)
                 result.update(accuracy=accuracies, minutes=minutes, rescored=args.rescore)
                 result["largest_probability_kept_95"] = kept_threshold
+                if args.unknown:
+                    result["unknown"] = _unknown_figures(model, image_dir, fold_gt, held_out, args.not_birds)
+                    print(f"{name}, fold {fold}, unknown: {result['unknown']}")
                 log.write(json.dumps(result) + "\n")
                 log.flush()
                 results.append(result)
@@ -146,20 +158,38 @@ def main():
             print(f"| {name} | {views} | {cells} | {np.mean(accuracies):.3f} | {spent} |")
 
 
-def _accuracies(models, image_dir, gt):
+def _accuracies(model, image_dir, gt):
     """({TEST_TIME name: accuracy on the images of `gt`}, the largest probability that KEPT_KNOWN of them
-    reach on the whole image) of the probabilities of `models` averaged, each view's computed once."""
+    reach on the whole image), each view's probabilities computed once."""
     names = sorted(gt)
     paths = [os.path.join(image_dir, name) for name in names]
     probabilities = {}
     for view in classification.VIEW_NAMES:
-        each = [classification.predict_probabilities(model, paths, (view,)) for model in models]
-        decoded, probabilities[view] = each[0][0], np.mean([member for _, member in each], axis=0)
+        decoded, probabilities[view] = classification.predict_probabilities(model, paths, (view,))
     accuracies = {}
     for option, views in TEST_TIME.items():
         labels = np.argmax(np.mean([probabilities[view] for view in views], axis=0), axis=-1)
         accuracies[option] = run.score({names[index]: int(label) for index, label in zip(decoded, labels)}, gt)
     return accuracies, float(np.quantile(probabilities["image"].max(axis=1), 1 - KEPT_KNOWN))
+
+
+def _unknown_figures(model, image_dir, fold_gt, held_out, not_birds_dir):
+    """The thresholds of the rule of `classification.unknown_answers` that keep KEPT_KNOWN of the held-out
+    photos (class means from the fold's training photos), and with `not_birds_dir` the share of its photos
+    that the rule catches, and that the largest probability alone catches at its own threshold."""
+    means = classification.class_means(model, fold_gt, image_dir)
+    paths = [os.path.join(image_dir, name) for name in sorted(held_out)]
+    _, probabilities, similarities = classification.predict_similarities(model, paths, means)
+    largest = probabilities.max(axis=1)
+    min_confidence, min_similarity = classification.unknown_thresholds(largest, similarities, KEPT_KNOWN)
+    figures = dict(min_confidence=min_confidence, min_similarity=min_similarity)
+    if not_birds_dir:
+        paths = [os.path.join(not_birds_dir, name) for name in classification.image_files(not_birds_dir)]
+        _, probabilities, similarities = classification.predict_similarities(model, paths, means)
+        unknown = classification.unknown_answers(probabilities, min_confidence, similarities, min_similarity)
+        alone = probabilities.max(axis=1) < np.quantile(largest, 1 - KEPT_KNOWN)
+        figures.update(not_birds_caught=float(np.mean(unknown)), not_birds_caught_alone=float(np.mean(alone)))
+    return figures
 
 
 def _stratified_folds(train_gt, folds, rng):

@@ -64,11 +64,10 @@ LOGIT_LAYER = "probabilities"
 NEIGHBOURS = 5
 # Added to the diagonal of the shared covariance of the Mahalanobis score: 1280 dimensions from 960 photos.
 COVARIANCE_SHRINKAGE = 1e-3
-# A rule of two scores: "unknown" where either is below its threshold, the two thresholds keeping the
-# same share of known photos each, as small as lets the rule keep KEPT_KNOWN of them.
+# The product's rule of two scores (`classification.unknown_answers`): "unknown" where either is below its
+# threshold, the two thresholds keeping the same share of known photos each, as small as lets the rule keep
+# KEPT_KNOWN of them (`classification.unknown_thresholds`).
 COMBINED = ("largest probability", "cosine to nearest class mean")
-# Shares each score may keep, tried from KEPT_KNOWN up.
-COMBINED_STEPS = 201
 # Quick mode: a few photos per species and little training.
 QUICK_IMAGES_PER_CLASS = 10
 QUICK_CHANGES = {"views": 1, "head_epochs": 1, "fine_tune_epochs": 1}
@@ -206,23 +205,21 @@ class _Scorer:
 
 
 def _combined(known, unknown, not_birds, test_known, test_unknown):
-    """The figures of the COMBINED rule, as for one score (no AUROC: a rule of two thresholds has no one order)."""
+    """The figures of the COMBINED rule, as for one score (no AUROC: a rule of two thresholds has no one order),
+    with the thresholds `classification.unknown_thresholds` finds on the known photos."""
+    thresholds = classification.unknown_thresholds(*(known[score] for score in COMBINED), KEPT_KNOWN)
 
-    def named(scores, thresholds):
+    def named(scores):
         return np.all([scores[score] >= threshold for score, threshold in zip(COMBINED, thresholds)], axis=0)
 
-    for kept in np.linspace(KEPT_KNOWN, 1, COMBINED_STEPS):
-        thresholds = [float(np.quantile(known[score], 1 - kept)) for score in COMBINED]
-        if np.mean(named(known, thresholds)) >= KEPT_KNOWN:
-            break
     return dict(
         auroc=float("nan"),
-        threshold=thresholds,
-        caught=float(np.mean(~named(unknown, thresholds))),
-        not_birds=float(np.mean(~named(not_birds, thresholds))),
+        threshold=list(thresholds),
+        caught=float(np.mean(~named(unknown))),
+        not_birds=float(np.mean(~named(not_birds))),
         test_auroc=float("nan"),
-        test_kept=float(np.mean(named(test_known, thresholds))),
-        test_caught=float(np.mean(~named(test_unknown, thresholds))),
+        test_kept=float(np.mean(named(test_known))),
+        test_caught=float(np.mean(~named(test_unknown))),
     )
 
 

@@ -364,3 +364,18 @@ def test_unknown_where_a_photo_is_unlike_every_class_mean(small_model, train_set
     classification.save_model(small_model, without_means)
     assert run.main(["--predict", str(photos), "--model", without_means, "--min-similarity", "0.5"]) == 1
     assert "--min-similarity needs the species' mean features" in capsys.readouterr().err
+
+
+def test_unknown_thresholds_keep_the_share_asked_for_and_little_more():
+    rng = np.random.default_rng(0)
+    largest, similarities = rng.uniform(0, 1, 400), rng.uniform(0, 1, 400)
+    min_confidence, min_similarity = classification.unknown_thresholds(largest, similarities, 0.95)
+    named = (largest >= min_confidence) & (similarities >= min_similarity)
+    # At least 95 % named, and within 4 photos of it.
+    assert 0.95 <= named.mean() < 0.96
+    # Each threshold is below what it would be alone, and both catch photos.
+    assert 0 < (largest < min_confidence).sum() and min_confidence < np.quantile(largest, 0.05)
+    assert 0 < (similarities < min_similarity).sum() and min_similarity < np.quantile(similarities, 0.05)
+    # Where no photo has a low cosine, the threshold is that of the largest probability alone.
+    alone, _ = classification.unknown_thresholds(largest, np.ones(400), 0.95)
+    assert alone == pytest.approx(np.quantile(largest, 0.05))
