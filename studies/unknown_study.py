@@ -87,7 +87,9 @@ def main():
     test_dir = os.path.join(args.data_dir, "00_input", "test", "images")
     train_gt = datasets.read_gt(os.path.join(train_dir, "gt.csv"))
     test_gt = datasets.read_gt(os.path.join(args.data_dir, "00_gt", "gt.csv"))
-    recipe = classification.RECIPE
+    # One member: the scores from the head's features below (logits, class means) are one model's. The
+    # ensemble's thresholds come from cv_study.py --unknown on the same rule.
+    recipe = dataclasses.replace(classification.RECIPE, ensemble_members=1)
     splits = args.splits
     if args.quick:
         train_gt = cv_study.first_per_class(train_gt, QUICK_IMAGES_PER_CLASS)
