@@ -88,8 +88,8 @@ def main():
         nargs="+",
         choices=sorted(VARIANTS),
         metavar="NAME",
-        help="score the average of the probabilities of these variants' saved fold models, no training: "
-        "an ensemble of models trained apart (with other seeds, each its own cached views)",
+        help="score these variants' saved fold models combined into one ensemble (classification.ensemble), "
+        "no training: models trained apart (other seeds, each with its own cached views)",
     )
     parser.add_argument(
         "--unknown",
