@@ -410,10 +410,9 @@ def predict(model, images, top_k=5, class_names=None, min_confidence=0.0, class_
         missing = [path for path in paths if not os.path.isfile(path)]
         if missing:
             raise FileNotFoundError(f"{len(missing)} image file(s) not found: {', '.join(missing)}")
-    if class_means is not None and min_similarity > 0:
-        decoded, probabilities, similarities = predict_similarities(model, paths, class_means)
-    else:
-        (decoded, probabilities), similarities = predict_probabilities(model, paths), None
+    decoded, probabilities, similarities = predict_similarities(
+        model, paths, class_means if min_similarity > 0 else None
+    )
     unknown = unknown_answers(probabilities, min_confidence, similarities, min_similarity)
     class_names = class_names or {}
     ranked = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
@@ -492,7 +491,10 @@ def predict_similarities(model, paths, class_means):
     """`predict_probabilities` (whole images), and each photo's cosine to the nearest row of `class_means`
     (unit vectors of FEATURE_LAYER features, `class_means`), from the same one pass.
 
-    Returns (indices into `paths` of the files that decoded; their probabilities; their cosines)."""
+    Returns (indices into `paths` of the files that decoded; their probabilities; their cosines, or None
+    where `class_means` is None, when the pass is `predict_probabilities`'s alone)."""
+    if class_means is None:
+        return (*predict_probabilities(model, paths), None)
     class_means = _validated_class_means(class_means, model)
     decoded, both = predict_probabilities(_with_features(model), paths)
     classes = model.output_shape[-1]

@@ -92,10 +92,7 @@ def evaluate(model, image_dir, expected, class_means=None):
     wanted = sorted(present)
     paths = [os.path.join(image_dir, name) for name in wanted]
     start = time.time()
-    if class_means is None:
-        (decoded, probabilities), similarities = classification.predict_probabilities(model, paths), None
-    else:
-        decoded, probabilities, similarities = classification.predict_similarities(model, paths, class_means)
+    decoded, probabilities, similarities = classification.predict_similarities(model, paths, class_means)
     seconds = time.time() - start
     decoded_files = [wanted[index] for index in decoded]
     return Evaluation(
