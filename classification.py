@@ -67,6 +67,7 @@ import math
 import os
 import typing
 import warnings
+import weakref
 
 import h5py
 import keras
@@ -259,6 +260,9 @@ class Answers(list):
 
 
 RECIPE = Recipe()
+# Each model's `_with_features` model, kept while the model lives (the features model holds its layers,
+# not the model itself).
+_FEATURE_MODELS = weakref.WeakKeyDictionary()
 # One batch of images, one epoch per phase, one member (a second would take JAX from 16 s to about 27,
 # near the checker's 30): 3-16 s on 2 cores, the ImageNet weights' loading
 # included. Under TensorFlow eager execution runs its few steps in 3 s, where compiling them would
@@ -589,6 +593,13 @@ def open_image(path, size):
         return _to_rgb(ImageOps.exif_transpose(image))
 
 
+def load_image(path, image_size):
+    """Decode any common image file to an upright RGB uint8 array of image_size x image_size: what the
+    model sees of it (`predict_probabilities`), and what an exported model is fed (export.py)."""
+    image = open_image(path, image_size)
+    return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR))
+
+
 def save_model(model, path, class_names=None, min_confidence=None, class_means=None, min_similarity=None):
     """Save `model` as one HDF5 file that Keras 2.15 and Keras 3 (any backend) open with plain
     `keras.models.load_model`, giving the same probabilities; with `class_names` ({class id:
@@ -666,9 +677,15 @@ def load_min_similarity(path):
 
 def _with_features(model):
     """`model` with one output: its probabilities, then its FEATURE_LAYER features, side by side, so that
-    the one image pipeline (`predict_probabilities`) gives both from one pass."""
-    outputs = [model.output, _feature_layer(model).output]
-    return keras.Model(model.inputs, layers.Concatenate(name="probabilities_and_features")(outputs))
+    the one image pipeline (`predict_probabilities`) gives both from one pass. Made once per model
+    (`_FEATURE_MODELS`): a new model is traced anew at its first prediction, which took most of the second
+    that the page (serve.py) spent on one photo."""
+    if model not in _FEATURE_MODELS:
+        outputs = [model.output, _feature_layer(model).output]
+        _FEATURE_MODELS[model] = keras.Model(
+            model.inputs, layers.Concatenate(name="probabilities_and_features")(outputs)
+        )
+    return _FEATURE_MODELS[model]
 
 
 def _feature_layer(model):
@@ -1056,8 +1073,9 @@ def _image_batches(paths, image_size, augmentation=None, boxes=None):
         indices, images = [], []
         for index in range(start, min(start + BATCH_SIZE, len(paths))):
             try:
-                image = _load_image(paths[index], image_size)
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+                image = load_image(paths[index], image_size)
+            # DecompressionBombError: more than twice Pillow's MAX_IMAGE_PIXELS (about 179 megapixels).
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
                 broken.append((index, f"{paths[index]} ({_undecodable_reason(paths[index]) or error})"))
                 continue
             if boxes is not None:
@@ -1216,12 +1234,6 @@ def _augmented(image, recipe, rng):
     pixels = np.asarray(view, np.float32)
     mean = pixels.mean(axis=(0, 1))
     return np.clip((pixels - mean) * contrast + mean, 0, 255).astype(np.uint8)
-
-
-def _load_image(path, image_size):
-    """Decode any common image file to an upright RGB uint8 array of image_size x image_size."""
-    image = open_image(path, image_size)
-    return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR))
 
 
 def _to_rgb(image):

@@ -183,7 +183,7 @@ def html_report(evaluation, summary, class_names, image_dir, training_examples=N
         photos.update(os.path.join(image_dir, file) for file in _pair_files(summary.mistakes, true, guess))
         photos.update(training_examples[label] for label in (true, guess) if label in training_examples)
     with concurrent.futures.ThreadPoolExecutor(classification.DECODE_THREADS) as pool:
-        pending = {path: pool.submit(_thumbnail_uri, path) for path in sorted(photos)}
+        pending = {path: pool.submit(thumbnail_uri, path) for path in sorted(photos)}
         confusion = _picture(confusion_figure(summary.confusion, class_names), "Confusion matrix")
         thumbnails = {path: future.result() for path, future in pending.items()}
 
@@ -408,7 +408,7 @@ def _most_taken_for(confusion, label, class_names, images):
     return "; ".join(answers)
 
 
-def _thumbnail_uri(path):
+def thumbnail_uri(path):
     """The photo upright, its longest side THUMBNAIL_SIZE, as a JPEG data URI."""
     image = classification.open_image(path, THUMBNAIL_SIZE)
     image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))

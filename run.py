@@ -27,6 +27,13 @@
         [--train-dir TRAIN_DIR] [--classes CSV]   the confusion matrix, the most confused pairs and
         [--model PATH] [--output HTML]            the most confident mistakes, with photos; a folder
         [--min-confidence P] [--min-similarity S] per species is matched to the model's species by name
+    python run.py --export OUT [--model PATH]     the model as LiteRT (OUT ending .tflite; 8-bit with
+        [--int8 IMAGES_DIR]                       --int8, calibrated on photos in IMAGES_DIR) or ONNX
+                                                  (.onnx), with OUT.labels.txt (the names) and
+                                                  OUT.unknown.json (the thresholds) beside it
+    python run.py --serve [--port 7860]           a local web page: drop photos, see the top-5 species
+        [--host 127.0.0.1] [--model PATH]         ("unknown" where the model is not confident), and with
+        [--train-dir TRAIN_DIR]                   --train-dir a training photo of each
 
 Species names come from --classes (a class_id,name CSV), else from a classes.csv at the top of a
 TESTS_DIR, else from the model file; an id with no name is shown as "class N".
@@ -44,7 +51,9 @@ import keras
 
 import classification
 import datasets
+import export
 import report
+import serve
 
 CODE_DIR = os.path.dirname(os.path.abspath(__file__))
 MODEL_PATH = os.path.join(CODE_DIR, "birds_model.hdf5")
@@ -59,6 +68,20 @@ FILES_SHOWN = 5
 # The assignment's marking table: (lowest accuracy, mark), best first; any accuracy above 0 earns 1.
 MARKS = ((0.85, 10), (0.83, 9), (0.80, 8), (0.75, 7), (0.70, 6), (0.65, 5), (0.60, 4), (0.50, 3), (0.40, 2))
 
+
+# The command's modes, one at a time, and the modes that each option goes with.
+MODES = ("train", "predict", "report", "export", "serve")
+OPTION_MODES = {
+    "gt": ("report",),
+    "train_dir": ("report", "serve"),
+    "validation": ("train",),
+    "top_k": ("predict",),
+    "int8": ("export",),
+    "port": ("serve",),
+    "host": ("serve",),
+    "min_confidence": ("predict", "report", "serve"),
+    "min_similarity": ("predict", "report", "serve"),
+}
 
 # The thresholds of the "unknown" answer, in the order `classification.predict` takes them after the names.
 UnknownRule = collections.namedtuple("UnknownRule", ["min_confidence", "class_means", "min_similarity"])
@@ -76,6 +99,8 @@ def main(argv=None):
     modes.add_argument(
         "--report", action="store_true", help="evaluation report: TESTS_DIR or SPECIES_DIR, or IMAGES_DIR --gt GT_CSV"
     )
+    modes.add_argument("--export", action="store_true", help="the model as .tflite or .onnx: OUT")
+    modes.add_argument("--serve", action="store_true", help="a local web page that labels photos")
     parser.add_argument(
         "--output",
         metavar="PATH",
@@ -87,14 +112,25 @@ def main(argv=None):
         "--model",
         metavar="PATH",
         default=MODEL_PATH,
-        help="--predict, --report: the model file (default: birds_model.hdf5)",
+        help="--predict, --report, --export, --serve: the model file (default: birds_model.hdf5)",
     )
     parser.add_argument(
         "--top-k", type=int, metavar="K", help=f"--predict: answers per image (default {DEFAULT_TOP_K})"
     )
     parser.add_argument("--gt", metavar="CSV", help="--report: the labels (filename,class_id) of IMAGES_DIR")
     parser.add_argument(
-        "--train-dir", metavar="DIR", help="--report: training folder (any --train layout) for example photos"
+        "--train-dir",
+        metavar="DIR",
+        help="--report, --serve: training folder (any --train layout) for example photos",
+    )
+    parser.add_argument(
+        "--int8", metavar="IMAGES_DIR", help="--export to .tflite: quantise to 8 bits, calibrated on these photos"
+    )
+    parser.add_argument(
+        "--port", type=int, metavar="N", help=f"--serve: the page's port (default {serve.PORT})"
+    )
+    parser.add_argument(
+        "--host", metavar="ADDRESS", help=f"--serve: the address to bind (default {serve.HOST}: this machine only)"
     )
     parser.add_argument(
         "--validation",
@@ -118,18 +154,10 @@ def main(argv=None):
     )
     parser.add_argument("paths", nargs="*", metavar="PATH")
     args = parser.parse_args(argv)
-    mode = "train" if args.train else "predict" if args.predict else "report" if args.report else None
-    for option, option_mode in (
-        ("gt", "report"),
-        ("train_dir", "report"),
-        ("validation", "train"),
-        ("top_k", "predict"),
-    ):
-        if getattr(args, option) is not None and mode != option_mode:
-            parser.error(f"--{option.replace('_', '-')} goes with --{option_mode}")
-    for option in ("min_confidence", "min_similarity"):
-        if getattr(args, option) is not None and mode not in ("predict", "report"):
-            parser.error(f"--{option.replace('_', '-')} goes with --predict or --report")
+    mode = next((name for name in MODES if getattr(args, name)), None)
+    for option, option_modes in OPTION_MODES.items():
+        if getattr(args, option) is not None and mode not in option_modes:
+            parser.error(f"--{option.replace('_', '-')} goes with {' or '.join('--' + name for name in option_modes)}")
     try:
         if args.train:
             train_dir, model_path = _exactly(args.paths, 2, "--train TRAIN_DIR MODEL_PATH")
@@ -147,6 +175,15 @@ def main(argv=None):
             output = args.output or "report.html"
             thresholds = (args.min_confidence, args.min_similarity)
             write_report(test_dir, args.gt, args.train_dir, args.classes, args.model, output, *thresholds)
+        elif args.export:
+            (out_path,) = _exactly(args.paths, 1, "--export OUT (a .tflite or .onnx file)")
+            export_model(args.model, out_path, args.int8)
+        elif args.serve:
+            if args.paths:
+                raise HarnessError(f"--serve takes no paths; got {' '.join(args.paths)}")
+            port = serve.PORT if args.port is None else args.port
+            host = serve.HOST if args.host is None else args.host
+            serve_page(args.model, args.train_dir, port, host, args.classes, args.min_confidence, args.min_similarity)
         elif os.environ.get("CHECKER"):
             data_dir, output_dir = _exactly(args.paths, 2, "DATA_DIR OUTPUT_DIR")
             run_single_test(data_dir, output_dir)
@@ -154,7 +191,7 @@ def main(argv=None):
             (tests_dir,) = _exactly(args.paths, 1, "TESTS_DIR")
             run_all_tests(tests_dir, args.output or tests_dir)
     # Both name the file or value at fault: one line says it better than a traceback.
-    except (HarnessError, datasets.LayoutError, FileNotFoundError) as error:
+    except (HarnessError, datasets.LayoutError, export.ExportError, serve.ServeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -331,6 +368,49 @@ def write_report(
         print(f"Wrote {path} in {time.time() - start:.1f} s (predictions {evaluation.seconds:.1f} s)")
         summaries[path] = summary
     return summaries
+
+
+def export_model(model_path, out_path, int8_images=None):
+    """Export the model file at `model_path` with its names and "unknown" rule (`export.export`); print
+    what was written."""
+    model = load_model(model_path)
+    rule = _unknown_rule(None, None, model_path)
+    start = time.time()
+    print(f"Exporting {model_path} to {out_path} ...")
+    written = export.export(
+        model,
+        out_path,
+        classification.load_class_names(model_path),
+        rule.min_confidence,
+        rule.class_means,
+        rule.min_similarity,
+        int8_images,
+    )
+    for path in written:
+        print(f"Wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)" if path == out_path else f"Wrote {path}")
+    print(f"in {time.time() - start:.0f} s")
+    return written
+
+
+def serve_page(
+    model_path, train_dir=None, port=serve.PORT, host=serve.HOST, classes_path=None, min_confidence=None, min_similarity=None
+):
+    """Serve the page of serve.py with the model file at `model_path`, its names and "unknown" rule
+    (`_unknown_rule`), and a training photo of each species from `train_dir` where given."""
+    serve.check_gradio()
+    rule = _unknown_rule(min_confidence, min_similarity, model_path)
+    model = load_model(model_path)
+    names = _class_names(classes_path, model_path)
+    examples = datasets.training_examples(train_dir) if train_dir else {}
+    labeller = serve.Labeller(model, names, rule, examples)
+    # The first prediction traces the model; done here, the first photo a person drops is answered at once.
+    labeller([os.path.join(SAMPLES_DIR, name) for name in classification.image_files(SAMPLES_DIR)[:1]])
+    description = (
+        f"{os.path.basename(model_path)}: {model.output_shape[-1]} species; "
+        f"\"unknown\" where {_unknown_reason(rule)}."
+    )
+    print(f"Serving the page on http://{host}:{port}/ (Ctrl+C stops it)")
+    serve.serve(labeller, port, host, description)
 
 
 def run_single_test(data_dir, output_dir):

@@ -294,7 +294,7 @@ def test_the_public_training_data_as_a_folder_per_species_trains_the_same_model(
 
 def _features(model, paths):
     """An independent reference: the FEATURE_LAYER output of `model` on the resized photos."""
-    images = np.stack([classification._load_image(path, SMALL_IMAGE_SIZE) for path in paths]).astype("float32")
+    images = np.stack([classification.load_image(path, SMALL_IMAGE_SIZE) for path in paths]).astype("float32")
     features_model = keras.Model(model.inputs, model.get_layer(classification.FEATURE_LAYER).output)
     return np.asarray(features_model.predict(images, verbose=0))
 

@@ -38,7 +38,7 @@ def test_top_k_answers_are_sorted_probabilities_with_names_and_a_fallback(small_
     assert sorted(predictions) == sorted(classification.image_files(image_folder))
     expected_probabilities = small_model.predict(
         np.stack(
-            [classification._load_image(os.path.join(image_folder, name), 64) for name in sorted(predictions)]
+            [classification.load_image(os.path.join(image_folder, name), 64) for name in sorted(predictions)]
         ).astype("float32"),
         verbose=0,
     )

@@ -85,8 +85,8 @@ def test_exif_rotated_photo_is_decoded_upright(tmp_path):
     exif[0x0112] = 6
     upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.png", exif=exif)
     upright.save(tmp_path / "upright.png")
-    decoded = classification._load_image(str(tmp_path / "rotated.png"), 32)
-    np.testing.assert_array_equal(decoded, classification._load_image(str(tmp_path / "upright.png"), 32))
+    decoded = classification.load_image(str(tmp_path / "rotated.png"), 32)
+    np.testing.assert_array_equal(decoded, classification.load_image(str(tmp_path / "upright.png"), 32))
 
 
 def test_train_gt_names_outside_the_folder_are_all_refused(train_set):

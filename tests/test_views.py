@@ -20,7 +20,7 @@ def image_paths(tmp_path):
 
 def _model_probabilities(model, paths, flip=False):
     """An independent reference: the model on the resized images, optionally mirrored."""
-    images = np.stack([classification._load_image(path, SMALL_IMAGE_SIZE) for path in paths]).astype("float32")
+    images = np.stack([classification.load_image(path, SMALL_IMAGE_SIZE) for path in paths]).astype("float32")
     return np.asarray(model.predict(images[:, :, ::-1] if flip else images, verbose=0))
 
 

@@ -1,0 +1,191 @@
+"""Export the model to run without Keras, TensorFlow or this project's code: LiteRT (.tflite) for a phone
+or a Raspberry Pi, ONNX (.onnx) for ONNX Runtime anywhere.
+
+    python run.py --export birds.tflite [--model birds_model.hdf5] [--int8 IMAGES_DIR]
+    python run.py --export birds.onnx
+
+or, in Python, `export(model, "birds.tflite", class_names, ...)`. Beside OUT it writes OUT.labels.txt, the
+species names one per line in id order (the TFLite classifier convention), and, where the model file has
+an "unknown" rule, OUT.unknown.json with its thresholds. The exported graph takes what the Keras model
+takes, raw RGB pixels 0-255 of shape (batch, 224, 224, 3) under the input name "rgb_pixels" (float32;
+uint8 in an int8 file), and gives "probabilities" (batch, species) and, where the model file has class
+means, "similarity" (batch, 1): the cosine of the photo's features to the nearest species' mean, the
+second score of `classification.unknown_answers`, computed inside the graph. `examples/` runs both files.
+
+Exporting needs TensorFlow, whose converters both formats go through (environment (a) or (b) with
+`pip install -r requirements-export.txt`); Keras 3 on JAX has none, and says so.
+"""
+
+import contextlib
+import io
+import json
+import logging
+import os
+
+import keras
+import numpy as np
+from keras import layers
+
+import classification
+
+# What each file suffix exports to.
+FORMATS = {".tflite": "LiteRT (TensorFlow Lite)", ".onnx": "ONNX"}
+LABELS_SUFFIX = ".labels.txt"
+UNKNOWN_SUFFIX = ".unknown.json"
+# Names of the exported graph's outputs, the same in both formats.
+PROBABILITIES = "probabilities"
+SIMILARITY = "similarity"
+# Photos that calibrate the 8-bit ranges of an int8 file: TensorFlow's guide asks for 100-500; 200 spread
+# over the folder cover its species without minutes of calibration on 2 cores.
+REPRESENTATIVE_IMAGES = 200
+# ONNX operator set 17 (2022): ONNX Runtime 1.12 and newer run it, on a Raspberry Pi too.
+ONNX_OPSET = 17
+
+
+class ExportError(ValueError):
+    """An export that cannot be made here, with what to do instead, for one line on screen."""
+
+
+def export(
+    model,
+    path,
+    class_names=None,
+    min_confidence=None,
+    class_means=None,
+    min_similarity=None,
+    int8_images=None,
+):
+    """Write `model` to `path` in the format its suffix names (FORMATS), with OUT.labels.txt beside it,
+    and OUT.unknown.json where `min_confidence` or `class_means` and `min_similarity` are given (as
+    `classification.save_model` takes them). `int8_images`, a folder of photos, makes a .tflite file fully
+    quantised to 8 bits, calibrated on REPRESENTATIVE_IMAGES of them. Returns the paths written."""
+    suffix = _validated_suffix(path)
+    if int8_images is not None and suffix != ".tflite":
+        raise ExportError(f"--int8 quantises a .tflite file; {path!r} is {FORMATS[suffix]}")
+    representative = _representative_images(int8_images, model.input_shape[1]) if int8_images is not None else None
+    tensorflow = _tensorflow(suffix)
+    with_similarity = bool(min_similarity) and class_means is not None
+    graph = exportable_model(model, class_means if with_similarity else None)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.access(directory, os.W_OK):
+        raise ExportError(f"cannot write {path!r}: {directory!r} is not a writable folder")
+    if suffix == ".tflite":
+        _write(path, _tflite(tensorflow, graph, representative))
+    else:
+        _onnx(tensorflow, graph, path)
+    names = class_names or {}
+    written = [path, path + LABELS_SUFFIX]
+    _write(written[1], "".join(classification.class_name(label, names) + "\n" for label in range(_classes(model))))
+    thresholds = {}
+    if min_confidence:
+        thresholds["min_confidence"] = float(min_confidence)
+    if with_similarity:
+        thresholds["min_similarity"] = float(min_similarity)
+    if thresholds:
+        written.append(path + UNKNOWN_SUFFIX)
+        _write(written[2], json.dumps(thresholds, indent=2) + "\n")
+    return written
+
+
+def exportable_model(model, class_means=None):
+    """`model` with named outputs: PROBABILITIES, and with `class_means` (classes x features, unit rows)
+    SIMILARITY too, the cosine of its FEATURE_LAYER features to the nearest row, made of standard layers
+    (unit length, a Dense layer holding the means, the largest of its outputs) so that both converters
+    take it."""
+    outputs = {PROBABILITIES: model.output}
+    if class_means is not None:
+        class_means = classification._validated_class_means(class_means, model)
+        unit = layers.UnitNormalization(name="unit_features")(classification._feature_layer(model).output)
+        cosines = layers.Dense(len(class_means), use_bias=False, name="class_mean_cosines")
+        per_class = layers.Reshape((len(class_means), 1))(cosines(unit))
+        outputs[SIMILARITY] = layers.GlobalMaxPooling1D(name=SIMILARITY)(per_class)
+        cosines.set_weights([class_means.T])
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def _validated_suffix(path):
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix not in FORMATS:
+        known = ", ".join(f"{name} ({kind})" for name, kind in FORMATS.items())
+        raise ExportError(f"cannot export to {os.fspath(path)!r}: the file name must end with {known}")
+    return suffix
+
+
+def _tensorflow(suffix):
+    """TensorFlow, or an ExportError that says where the converter of `suffix` runs."""
+    try:
+        import tensorflow
+    except ImportError:
+        tensorflow = None
+    if tensorflow is None or keras.backend.backend() != "tensorflow":
+        raise ExportError(
+            f"exporting {suffix} goes through TensorFlow's converters, which Keras {keras.__version__} on "
+            f"{keras.backend.backend()} lacks here: run it in environment (b), Keras 3 on TensorFlow, or (a), "
+            "Keras 2.15, with `pip install -r requirements-export.txt`"
+        )
+    return tensorflow
+
+
+def _representative_images(folder, image_size):
+    """REPRESENTATIVE_IMAGES photos spread over `folder`, as the model sees them (uint8), or an
+    ExportError that names the folder."""
+    try:
+        names = classification.image_files(folder)
+    except FileNotFoundError as error:
+        raise ExportError(f"--int8: {error}") from error
+    if not names:
+        raise ExportError(
+            f"--int8 needs photos to calibrate the 8-bit ranges; {os.fspath(folder)!r} holds none of the types "
+            f"{' '.join(classification.IMAGE_EXTENSIONS)}"
+        )
+    chosen = names[:: max(1, len(names) // REPRESENTATIVE_IMAGES)][:REPRESENTATIVE_IMAGES]
+    paths = [os.path.join(folder, name) for name in chosen]
+    images = []
+    for path in paths:
+        try:
+            images.append(classification.load_image(path, image_size))
+        except (OSError, ValueError, SyntaxError):
+            continue
+    if not images:
+        raise ExportError(f"--int8: none of the {len(paths)} photos tried in {os.fspath(folder)!r} decodes")
+    return np.stack(images)
+
+
+def _tflite(tensorflow, graph, representative=None):
+    """The LiteRT flat buffer of `graph`: float32, or, with `representative` images, int8 throughout with
+    uint8 pixels in and uint8 scores out (what TFLite Model Maker's int8 classifiers take and give)."""
+    # The Keras 3 path saves a temporary SavedModel and prints every one of its endpoints: noise here.
+    with contextlib.redirect_stdout(io.StringIO()):
+        converter = tensorflow.lite.TFLiteConverter.from_keras_model(graph)
+        if representative is not None:
+            converter.optimizations = [tensorflow.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in representative)
+            converter.target_spec.supported_ops = [tensorflow.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tensorflow.uint8
+            converter.inference_output_type = tensorflow.uint8
+        return converter.convert()
+
+
+def _onnx(tensorflow, graph, path):
+    """Write `graph` as ONNX with tf2onnx, the converter that Keras' own `export(format="onnx")` uses
+    too, called directly so that Keras 2.15 and Keras 3 take one path."""
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    input_name = graph.inputs[0].name.split(":")[0]
+    spec = tensorflow.TensorSpec((None, *graph.input_shape[1:]), tensorflow.float32, name=input_name)
+    function = tensorflow.function(lambda pixels: graph(pixels, training=False), input_signature=[spec])
+    tf2onnx.convert.from_function(function, input_signature=[spec], opset=ONNX_OPSET, output_path=path)
+
+
+def _classes(model):
+    return model.output_shape[-1]
+
+
+def _write(path, content):
+    mode, encoding = ("wb", None) if isinstance(content, bytes) else ("w", "utf-8")
+    try:
+        with open(path, mode, encoding=encoding) as file:
+            file.write(content)
+    except OSError as error:
+        raise ExportError(f"cannot write {path!r} ({error.strerror})") from error
