@@ -17,6 +17,7 @@ Exporting needs TensorFlow, whose converters both formats go through (environmen
 """
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -103,6 +104,31 @@ def exportable_model(model, class_means=None):
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
+def runner(path):
+    """A function that runs the exported file at `path` on one photo (uint8 pixels, size x size x 3) and
+    returns its outputs, {name: float32 array with a batch of 1}, quantising the pixels and dequantising
+    the scores of an int8 file: what `run.py --export` checks a new file with, and the benchmark times.
+    Needs the file's runtime: ai-edge-litert or onnxruntime (requirements-export.txt)."""
+    if _validated_suffix(path) == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        given = session.get_inputs()[0].name
+        names = [output.name for output in session.get_outputs()]
+        return lambda image: dict(zip(names, session.run(names, {given: image[None].astype(np.float32)})))
+    from ai_edge_litert.interpreter import Interpreter
+
+    signature = Interpreter(path).get_signature_runner()
+    ((input_name, given),) = signature.get_input_details().items()
+    outputs = signature.get_output_details()
+
+    def run_one(image):
+        result = signature(**{input_name: _quantised(image[None].astype(np.float32), given)})
+        return {name: _dequantised(value, outputs[name]) for name, value in result.items()}
+
+    return run_one
+
+
 def _validated_suffix(path):
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in FORMATS:
@@ -169,13 +195,28 @@ def _tflite(tensorflow, graph, representative=None):
 def _onnx(tensorflow, graph, path):
     """Write `graph` as ONNX with tf2onnx, the converter that Keras' own `export(format="onnx")` uses
     too, called directly so that Keras 2.15 and Keras 3 take one path."""
-    import tf2onnx
-
+    try:
+        import tf2onnx
+    except ImportError as error:
+        raise ExportError("exporting .onnx needs tf2onnx: pip install -r requirements-export.txt") from error
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     input_name = graph.inputs[0].name.split(":")[0]
     spec = tensorflow.TensorSpec((None, *graph.input_shape[1:]), tensorflow.float32, name=input_name)
-    function = tensorflow.function(lambda pixels: graph(pixels, training=False), input_signature=[spec])
+    # No AutoGraph: the call has no Python control flow to convert.
+    function = tensorflow.function(functools.partial(graph, training=False), input_signature=[spec], autograph=False)
     tf2onnx.convert.from_function(function, input_signature=[spec], opset=ONNX_OPSET, output_path=path)
+
+
+def _quantised(values, details):
+    """`values` in the input type of a LiteRT tensor: as they are for float32, scaled for 8 bits."""
+    scale, zero_point = details["quantization"]
+    return (np.round(values / scale + zero_point) if scale else values).astype(details["dtype"])
+
+
+def _dequantised(values, details):
+    """A LiteRT output as float32: as it is, or scaled back from 8 bits."""
+    scale, zero_point = details["quantization"]
+    return (values.astype(np.float32) - zero_point) * scale if scale else values
 
 
 def _classes(model):

@@ -48,6 +48,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 
 import classification
 import datasets
@@ -126,9 +127,7 @@ def main(argv=None):
     parser.add_argument(
         "--int8", metavar="IMAGES_DIR", help="--export to .tflite: quantise to 8 bits, calibrated on these photos"
     )
-    parser.add_argument(
-        "--port", type=int, metavar="N", help=f"--serve: the page's port (default {serve.PORT})"
-    )
+    parser.add_argument("--port", type=int, metavar="N", help=f"--serve: the page's port (default {serve.PORT})")
     parser.add_argument(
         "--host", metavar="ADDRESS", help=f"--serve: the address to bind (default {serve.HOST}: this machine only)"
     )
@@ -389,11 +388,18 @@ def export_model(model_path, out_path, int8_images=None):
     for path in written:
         print(f"Wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)" if path == out_path else f"Wrote {path}")
     print(f"in {time.time() - start:.0f} s")
+    _check_export(model, out_path)
     return written
 
 
 def serve_page(
-    model_path, train_dir=None, port=serve.PORT, host=serve.HOST, classes_path=None, min_confidence=None, min_similarity=None
+    model_path,
+    train_dir=None,
+    port=serve.PORT,
+    host=serve.HOST,
+    classes_path=None,
+    min_confidence=None,
+    min_similarity=None,
 ):
     """Serve the page of serve.py with the model file at `model_path`, its names and "unknown" rule
     (`_unknown_rule`), and a training photo of each species from `train_dir` where given."""
@@ -407,10 +413,30 @@ def serve_page(
     labeller([os.path.join(SAMPLES_DIR, name) for name in classification.image_files(SAMPLES_DIR)[:1]])
     description = (
         f"{os.path.basename(model_path)}: {model.output_shape[-1]} species; "
-        f"\"unknown\" where {_unknown_reason(rule)}."
+        f'"unknown" where {_unknown_reason(rule)}.'
     )
     print(f"Serving the page on http://{host}:{port}/ (Ctrl+C stops it)")
     serve.serve(labeller, port, host, description)
+
+
+def _check_export(model, path):
+    """Run the exported file and the model on the sample photos, and say how far they agree."""
+    try:
+        run_file = export.runner(path)
+    except ImportError as error:
+        print(f"Not checked against the model: {error.name} is not installed (pip install -r requirements-export.txt)")
+        return
+    images = [
+        classification.load_image(os.path.join(SAMPLES_DIR, name), model.input_shape[1])
+        for name in classification.image_files(SAMPLES_DIR)
+    ]
+    expected = model.predict_on_batch(np.stack(images).astype(np.float32))
+    exported = np.concatenate([run_file(image)[export.PROBABILITIES] for image in images])
+    same = np.sum(exported.argmax(axis=1) == expected.argmax(axis=1))
+    print(
+        f"Checked on the {len(images)} sample photos: the same top answer for {same}, "
+        f"largest probability difference {np.abs(exported - expected).max():.1e}"
+    )
 
 
 def run_single_test(data_dir, output_dir):

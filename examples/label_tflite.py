@@ -1,0 +1,39 @@
+"""Name the birds in photos with the LiteRT file of `run.py --export birds.tflite`, using only LiteRT,
+NumPy and Pillow: what a Raspberry Pi or a phone app needs (pip install -r requirements-runtime.txt).
+
+    python label_tflite.py birds.tflite photo.jpg [photo.jpg ...]
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from PIL import Image, ImageOps
+
+
+def pixels(path, size):
+    """The photo upright, as RGB pixels of size x size: what the model saw in training."""
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))  # big JPEGs decode at a reduced scale, as in training
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB").resize((size, size), Image.BILINEAR))
+
+
+model_path, photos = sys.argv[1], sys.argv[2:]
+names = open(model_path + ".labels.txt", encoding="utf-8").read().splitlines()
+rule = json.load(open(model_path + ".unknown.json")) if os.path.exists(model_path + ".unknown.json") else {}
+runner = Interpreter(model_path).get_signature_runner()
+given, outputs = runner.get_input_details()["rgb_pixels"], runner.get_output_details()
+for photo in photos:
+    scale, zero = given["quantization"]  # an int8 file takes uint8 pixels and gives uint8 scores
+    image = pixels(photo, given["shape"][1])[None].astype(np.float32)
+    result = runner(rgb_pixels=(np.round(image / scale + zero) if scale else image).astype(given["dtype"]))
+    for name, value in result.items():
+        scale, zero = outputs[name]["quantization"]
+        result[name] = (value.astype(np.float32) - zero) * scale if scale else value
+    probabilities, best = result["probabilities"][0], int(np.argmax(result["probabilities"][0]))
+    unknown = probabilities[best] < rule.get("min_confidence", 0)
+    unknown |= "similarity" in result and result["similarity"][0, 0] < rule.get("min_similarity", 0)
+    answer = f"unknown (best guess {names[best]})" if unknown else names[best]
+    print(f"{photo}: {answer}, {probabilities[best]:.1%}")
