@@ -38,8 +38,9 @@ CSS = """
 .bird-card > img {width: 160px; height: 160px; object-fit: contain; background: #f4f4f4; border-radius: 4px;}
 .bird-card h3 {margin: 0 0 4px 0; font-size: 14px; color: #666; font-weight: normal;}
 .bird-answer {font-size: 20px; font-weight: bold; margin: 0 0 8px 0;}
-.bird-answer.unknown {color: #b45309;}
-.bird-top, .bird-top td {border: none !important; padding: 2px 8px 2px 0; vertical-align: middle;}
+.bird-answer.unknown {color: #b45309; font-size: 18px;}
+.bird-top, .bird-top tr, .bird-top td {border: none !important; padding: 2px 8px 2px 0; vertical-align: middle;}
+.bird-top td.bird-name {width: 240px;}
 .bird-top td.bird-bar-cell {width: %dpx;}
 .bird-top img {width: 48px; height: 48px; object-fit: cover; border-radius: 4px;}
 .bird-bar {display: inline-block; height: 10px; background: #2563eb; border-radius: 2px;}
@@ -89,13 +90,13 @@ class Labeller:
     def _card(self, name, path, found):
         if found.unknown:
             headline = (
-                "<p class='bird-answer unknown'>Unknown: not one of the species this model knows, it thinks; "
-                "its best guesses:</p>"
+                f"<p class='bird-answer unknown'>Unknown: none of the {len(found)} best guesses is likely "
+                "enough; maybe a species this model does not know.</p>"
             )
         else:
             headline = f"<p class='bird-answer'>{html.escape(found[0].name)} &middot; {found[0].probability:.1%}</p>"
         rows = "".join(
-            f"<tr><td>{self._example(item.class_id)}</td><td>{html.escape(item.name)}</td>"
+            f"<tr><td>{self._example(item.class_id)}</td><td class='bird-name'>{html.escape(item.name)}</td>"
             f"<td class='bird-bar-cell'><span class='bird-bar' style='width:{max(1, round(item.probability * BAR_WIDTH))}px'></span></td>"
             f"<td>{item.probability:.1%}</td></tr>"
             for item in found

@@ -26,7 +26,7 @@ rule = json.load(open(model_path + ".unknown.json")) if os.path.exists(model_pat
 runner = Interpreter(model_path).get_signature_runner()
 given, outputs = runner.get_input_details()["rgb_pixels"], runner.get_output_details()
 for photo in photos:
-    scale, zero = given["quantization"]  # an int8 file takes uint8 pixels and gives uint8 scores
+    scale, zero = given["quantization"]  # an int8 file takes and gives 8-bit numbers
     image = pixels(photo, given["shape"][1])[None].astype(np.float32)
     result = runner(rgb_pixels=(np.round(image / scale + zero) if scale else image).astype(given["dtype"]))
     for name, value in result.items():

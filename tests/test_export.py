@@ -100,7 +100,7 @@ def test_without_class_means_or_thresholds_the_file_has_probabilities_alone_and_
 
 
 @needs_converters
-def test_an_int8_file_takes_uint8_pixels_is_at_most_a_third_of_the_float_one_and_agrees_roughly(
+def test_an_int8_file_takes_8_bit_pixels_is_at_most_a_third_of_the_float_one_and_agrees_roughly(
     small_model, class_means, photos, tmp_path
 ):
     folder, images = photos
@@ -111,7 +111,7 @@ def test_an_int8_file_takes_uint8_pixels_is_at_most_a_third_of_the_float_one_and
     from ai_edge_litert.interpreter import Interpreter
 
     details = Interpreter(int8_path).get_signature_runner().get_input_details()
-    assert details["rgb_pixels"]["dtype"] == np.uint8
+    assert details["rgb_pixels"]["dtype"] == np.int8
     probabilities = np.concatenate([export.runner(int8_path)(image)["probabilities"] for image in images])
     # 8-bit scores step by 1/256; calibrated on these very photos, they stay near the float ones.
     np.testing.assert_allclose(probabilities, small_model.predict_on_batch(images.astype(np.float32)), atol=0.05)

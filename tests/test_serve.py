@@ -68,7 +68,7 @@ def test_each_photo_gets_its_top_species_and_each_unreadable_file_a_message(smal
 def test_below_the_threshold_the_answer_is_unknown_with_the_guesses_shown(small_model, photos):
     page, answers = serve.Labeller(small_model, NAMES, (1.0, None, 0.0))([photos["a.png"]])
     assert answers[0]["unknown"] and answers[0]["answer"] == "unknown"
-    assert "Unknown: not one of the species" in page and answers[0]["top"][0]["name"] in page
+    assert "Unknown: none of the" in page and answers[0]["top"][0]["name"] in page
 
 
 def test_a_training_photo_is_shown_beside_each_proposed_species(small_model, photos, tmp_path):
