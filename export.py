@@ -104,8 +104,8 @@ def exportable_model(model, class_means=None):
     take it."""
     outputs = {PROBABILITIES: model.output}
     if class_means is not None:
-        class_means = classification._validated_class_means(class_means, model)
-        unit = layers.UnitNormalization(name="unit_features")(classification._feature_layer(model).output)
+        class_means = np.asarray(class_means, np.float32)
+        unit = layers.UnitNormalization(name="unit_features")(model.get_layer(classification.FEATURE_LAYER).output)
         cosines = layers.Dense(len(class_means), use_bias=False, name="class_mean_cosines")
         per_class = layers.Reshape((len(class_means), 1))(cosines(unit))
         outputs[SIMILARITY] = layers.GlobalMaxPooling1D(name=SIMILARITY)(per_class)

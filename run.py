@@ -141,14 +141,14 @@ def main(argv=None):
         "--min-confidence",
         type=float,
         metavar="P",
-        help="--predict, --report: answer 'unknown' where the best probability is below P, 0-1 "
+        help="--predict, --report, --serve: answer 'unknown' where the best probability is below P, 0-1 "
         "(default: the model file's threshold; 0: always name a species, unless --min-similarity is given)",
     )
     parser.add_argument(
         "--min-similarity",
         type=float,
         metavar="S",
-        help="--predict, --report: answer 'unknown' too where the photo's features have a cosine below S, 0-1, "
+        help="--predict, --report, --serve: answer 'unknown' too where the photo's features have a cosine below S, 0-1, "
         "to every species' mean (default: the model file's threshold; 0: no such test)",
     )
     parser.add_argument("paths", nargs="*", metavar="PATH")
@@ -419,26 +419,6 @@ def serve_page(
     serve.serve(labeller, port, host, description)
 
 
-def _check_export(model, path):
-    """Run the exported file and the model on the sample photos, and say how far they agree."""
-    try:
-        run_file = export.runner(path)
-    except ImportError as error:
-        print(f"Not checked against the model: {error.name} is not installed (pip install -r requirements-export.txt)")
-        return
-    images = [
-        classification.load_image(os.path.join(SAMPLES_DIR, name), model.input_shape[1])
-        for name in classification.image_files(SAMPLES_DIR)
-    ]
-    expected = model.predict_on_batch(np.stack(images).astype(np.float32))
-    exported = np.concatenate([run_file(image)[export.PROBABILITIES] for image in images])
-    same = np.sum(exported.argmax(axis=1) == expected.argmax(axis=1))
-    print(
-        f"Checked on the {len(images)} sample photos: the same top answer for {same}, "
-        f"largest probability difference {np.abs(exported - expected).max():.1e}"
-    )
-
-
 def run_single_test(data_dir, output_dir):
     """Train with fast_train=True, label the test images with the committed model, write output.csv."""
     train_dir = os.path.join(data_dir, "train")
@@ -545,6 +525,26 @@ def _unknown_reason(rule):
     if rule.class_means is not None:
         reason += f" or features unlike every species' (cosine below {rule.min_similarity:.2f})"
     return reason
+
+
+def _check_export(model, path):
+    """Run the exported file and the model on the sample photos, and say how far they agree."""
+    try:
+        run_file = export.runner(path)
+    except ImportError as error:
+        print(f"Not checked against the model: {error.name} is not installed (pip install -r requirements-export.txt)")
+        return
+    images = [
+        classification.load_image(os.path.join(SAMPLES_DIR, name), model.input_shape[1])
+        for name in classification.image_files(SAMPLES_DIR)
+    ]
+    expected = model.predict_on_batch(np.stack(images).astype(np.float32))
+    exported = np.concatenate([run_file(image)[export.PROBABILITIES] for image in images])
+    same = np.sum(exported.argmax(axis=1) == expected.argmax(axis=1))
+    print(
+        f"Checked on the {len(images)} sample photos: the same top answer for {same}, "
+        f"largest probability difference {np.abs(exported - expected).max():.1e}"
+    )
 
 
 def _say_passed_over(files, folder):
