@@ -415,7 +415,6 @@ def serve_page(
         f"{os.path.basename(model_path)}: {model.output_shape[-1]} species; "
         f'"unknown" where {_unknown_reason(rule)}.'
     )
-    print(f"Serving the page on http://{host}:{port}/ (Ctrl+C stops it)")
     serve.serve(labeller, port, host, description)
 
 

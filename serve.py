@@ -163,7 +163,11 @@ def serve(labeller, port=PORT, host=HOST, description=""):
     try:
         app.launch(server_name=host, server_port=port, css=CSS, show_error=True)
     except OSError as error:
-        raise ServeError(f"cannot serve on {host}:{port}: {error}") from error
+        # Gradio's message goes on to suggest its own settings; its first sentence is what happened.
+        happened = str(error).split(". ")[0]
+        raise ServeError(
+            f"cannot serve on {host}:{port} ({happened}): is another program on it? Try another --port"
+        ) from error
 
 
 def _thumbnail(path):

@@ -96,6 +96,16 @@ def test_without_gradio_the_command_says_how_to_install_it(monkeypatch, capsys):
     )
 
 
+@needs_gradio
+def test_a_port_in_use_is_refused_in_one_line(small_model):
+    with socket.socket() as taken:
+        taken.bind((serve.HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(serve.ServeError, match=f"cannot serve on {serve.HOST}:{port} .*Try another --port"):
+            serve.serve(serve.Labeller(small_model, NAMES, (0.0, None, 0.0)), port)
+
+
 @pytest.fixture(scope="module")
 def server():
     """`run.py --serve` with the committed model on a free port of this machine; its URL."""
