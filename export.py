@@ -12,8 +12,8 @@ in an int8 file, int8: the pixel value minus 128, as its quantisation parameters
 means, "similarity" (batch, 1): the cosine of the photo's features to the nearest species' mean, the
 second score of `classification.unknown_answers`, computed inside the graph. `examples/` runs both files.
 
-Exporting needs TensorFlow, whose converters both formats go through (environment (a) or (b) with
-`pip install -r requirements-export.txt`); Keras 3 on JAX has none, and says so.
+Exporting needs Keras 3 on TensorFlow, whose converters both formats go through (environment (b) with
+`pip install -r requirements-export.txt`); under Keras 3 on JAX or Keras 2.15 the command says so.
 """
 
 import contextlib
@@ -155,11 +155,13 @@ def _tensorflow(suffix):
         import tensorflow
     except ImportError:
         tensorflow = None
-    if tensorflow is None or keras.backend.backend() != "tensorflow":
+    # Keras 2 names a SavedModel's outputs after their layers, so the files would not name theirs PROBABILITIES
+    # and SIMILARITY; and the converters' current wheels need a protobuf newer than TensorFlow 2.15 takes.
+    if tensorflow is None or keras.backend.backend() != "tensorflow" or keras.__version__.startswith("2."):
         raise ExportError(
-            f"exporting {suffix} goes through TensorFlow's converters, which Keras {keras.__version__} on "
-            f"{keras.backend.backend()} lacks here: run it in environment (b), Keras 3 on TensorFlow, or (a), "
-            "Keras 2.15, with `pip install -r requirements-export.txt`"
+            f"exporting {suffix} goes through TensorFlow's converters with Keras 3, which Keras {keras.__version__} "
+            f"on {keras.backend.backend()} is not: run it in environment (b), Keras 3 on TensorFlow, "
+            "with `pip install -r requirements-export.txt`"
         )
     return tensorflow
 

@@ -30,11 +30,13 @@ MIN_SIMILARITY = 0.5
 # The bound on an int8 file's size against the float one.
 INT8_SIZE_SHARE = 1 / 3
 
-CONVERTS = keras.backend.backend() == "tensorflow" and all(
-    importlib.util.find_spec(module) for module in ("tensorflow", "tf2onnx", "onnxruntime", "ai_edge_litert")
+CONVERTS = (
+    keras.backend.backend() == "tensorflow"
+    and keras.__version__.startswith("3.")
+    and all(importlib.util.find_spec(module) for module in ("tensorflow", "tf2onnx", "onnxruntime", "ai_edge_litert"))
 )
 needs_converters = pytest.mark.skipif(
-    not CONVERTS, reason="exporting needs Keras on TensorFlow with requirements-export.txt installed"
+    not CONVERTS, reason="exporting needs Keras 3 on TensorFlow with requirements-export.txt installed"
 )
 EXAMPLES_PYTHON = os.environ.get("EXAMPLES_PYTHON")
 SAMPLES = sorted(classification.image_files(run.SAMPLES_DIR))
@@ -132,7 +134,8 @@ def test_bad_requests_are_refused_with_what_was_expected(small_model, tmp_path):
 
 
 @pytest.mark.skipif(
-    keras.backend.backend() == "tensorflow", reason="Keras on TensorFlow exports; the refusal is for JAX"
+    keras.backend.backend() == "tensorflow" and keras.__version__.startswith("3."),
+    reason="Keras 3 on TensorFlow exports; the refusal is for JAX and Keras 2",
 )
 def test_an_environment_without_the_converters_says_which_can(small_model, tmp_path):
     with pytest.raises(export.ExportError, match=r"environment \(b\)"):
