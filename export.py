@@ -8,9 +8,10 @@ or, in Python, `export(model, "birds.tflite", class_names, ...)`. Beside OUT it 
 species names one per line in id order (the TFLite classifier convention), and, where the model file has
 an "unknown" rule, OUT.unknown.json with its thresholds. The exported graph takes what the Keras model
 takes, raw RGB pixels 0-255 of shape (batch, 224, 224, 3) under the input name "rgb_pixels" (float32;
-in an int8 file, int8: the pixel value minus 128, as its quantisation parameters say), and gives "probabilities" (batch, species) and, where the model file has class
-means, "similarity" (batch, 1): the cosine of the photo's features to the nearest species' mean, the
-second score of `classification.unknown_answers`, computed inside the graph. `examples/` runs both files.
+in an int8 file, int8: the pixel value minus 128, as its quantisation parameters say), and gives
+"probabilities" (batch, species) and, where the model file has class means, "similarity" (batch, 1): the
+cosine of the photo's features to the nearest species' mean, the second score of
+`classification.unknown_answers`, computed inside the graph. `examples/` runs both files.
 
 Exporting needs Keras 3 on TensorFlow, whose converters both formats go through (environment (b) with
 `pip install -r requirements-export.txt`); under Keras 3 on JAX or Keras 2.15 the command says so.
@@ -70,16 +71,11 @@ def export(
     and OUT.unknown.json where `min_confidence` or `class_means` and `min_similarity` are given (as
     `classification.save_model` takes them). `int8_images`, a folder of photos, makes a .tflite file
     quantised to 8 bits, calibrated on REPRESENTATIVE_IMAGES of them (`_tflite`). Returns the paths written."""
-    suffix = _validated_suffix(path)
-    if int8_images is not None and suffix != ".tflite":
-        raise ExportError(f"--int8 quantises a .tflite file; {path!r} is {FORMATS[suffix]}")
+    suffix = check_request(path, int8_images)
     representative = _representative_images(int8_images, model.input_shape[1]) if int8_images is not None else None
     tensorflow = _tensorflow(suffix)
     with_similarity = bool(min_similarity) and class_means is not None
     graph = exportable_model(model, class_means if with_similarity else None)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.access(directory, os.W_OK):
-        raise ExportError(f"cannot write {path!r}: {directory!r} is not a writable folder")
     if suffix == ".tflite":
         _write(path, _tflite(tensorflow, graph, representative))
     else:
@@ -98,6 +94,19 @@ def export(
         written.append(path + UNKNOWN_SUFFIX)
         _write(written[2], json.dumps(thresholds, indent=2) + "\n")
     return written
+
+
+def check_request(path, int8_images=None):
+    """Raise ExportError unless `path` names a format of FORMATS in a writable folder, and `int8_images`
+    goes with a .tflite file; return the suffix. What `export` checks first, and callers before they load
+    a model."""
+    suffix = _validated_suffix(path)
+    if int8_images is not None and suffix != ".tflite":
+        raise ExportError(f"--int8 quantises a .tflite file; {os.fspath(path)!r} is {FORMATS[suffix]}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.access(directory, os.W_OK):
+        raise ExportError(f"cannot write {os.fspath(path)!r}: {directory!r} is not a writable folder")
+    return suffix
 
 
 def exportable_model(model, class_means=None):

@@ -148,8 +148,8 @@ def main(argv=None):
         "--min-similarity",
         type=float,
         metavar="S",
-        help="--predict, --report, --serve: answer 'unknown' too where the photo's features have a cosine below S, 0-1, "
-        "to every species' mean (default: the model file's threshold; 0: no such test)",
+        help="--predict, --report, --serve: answer 'unknown' too where the photo's features have a cosine "
+        "below S, 0-1, to every species' mean (default: the model file's threshold; 0: no such test)",
     )
     parser.add_argument("paths", nargs="*", metavar="PATH")
     args = parser.parse_args(argv)
@@ -372,6 +372,7 @@ def write_report(
 def export_model(model_path, out_path, int8_images=None):
     """Export the model file at `model_path` with its names and "unknown" rule (`export.export`); print
     what was written."""
+    export.check_request(out_path, int8_images)
     model = load_model(model_path)
     rule = _unknown_rule(None, None, model_path)
     start = time.time()

@@ -97,7 +97,8 @@ class Labeller:
             headline = f"<p class='bird-answer'>{html.escape(found[0].name)} &middot; {found[0].probability:.1%}</p>"
         rows = "".join(
             f"<tr><td>{self._example(item.class_id)}</td><td class='bird-name'>{html.escape(item.name)}</td>"
-            f"<td class='bird-bar-cell'><span class='bird-bar' style='width:{max(1, round(item.probability * BAR_WIDTH))}px'></span></td>"
+            f"<td class='bird-bar-cell'><span class='bird-bar' style='width:{_bar_width(item.probability)}px'>"
+            "</span></td>"
             f"<td>{item.probability:.1%}</td></tr>"
             for item in found
         )
@@ -168,6 +169,11 @@ def serve(labeller, port=PORT, host=HOST, description=""):
         raise ServeError(
             f"cannot serve on {host}:{port} ({happened}): is another program on it? Try another --port"
         ) from error
+
+
+def _bar_width(probability):
+    """Pixels of a probability's bar: at least one, so that every answer shows a mark."""
+    return max(1, round(probability * BAR_WIDTH))
 
 
 def _thumbnail(path):

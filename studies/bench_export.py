@@ -6,8 +6,9 @@ Exports the model as LiteRT float32 and int8 (calibrated on the training photos)
 `run.export_model`, then runs every file and the Keras model on the same decoded test photos
 (`classification.load_image`, what `classify` feeds the model) and prints one table: file size, top-1
 accuracy, top-1 agreement with Keras, the largest probability difference, and photos per second one photo
-at a time (what a phone or a Raspberry Pi does) with each runtime's default threads, on this machine's cores. Keras' own `classify` of the
-folder (batches of 32, decoding included) is timed too. Needs `requirements-export.txt`.
+at a time (what a phone or a Raspberry Pi does) with each runtime's default threads, on this machine's
+cores. Keras' own `classify` of the folder (batches of 32, decoding included) is timed too. Needs
+`requirements-export.txt`.
 """
 
 import argparse
@@ -72,7 +73,8 @@ def main():
         rows.append((name, path, probabilities, _rate(run_one, images), export_seconds[name]))
 
     print(
-        f"\n{len(names)} public-test photos; Keras {keras.__version__} on {keras.backend.backend()}; each runtime's default threads\n"
+        f"\n{len(names)} public-test photos; Keras {keras.__version__} on {keras.backend.backend()}; "
+        "each runtime's default threads\n"
     )
     print(
         "| runtime | file MB | top-1 accuracy | top-1 agreement with Keras | largest probability difference "
