@@ -66,18 +66,20 @@ def export(
     class_means=None,
     min_similarity=None,
     int8_images=None,
+    max_quantization_steps=MAX_QUANTIZATION_STEPS,
 ):
     """Write `model` to `path` in the format its suffix names (FORMATS), with OUT.labels.txt beside it,
     and OUT.unknown.json where `min_confidence` or `class_means` and `min_similarity` are given (as
     `classification.save_model` takes them). `int8_images`, a folder of photos, makes a .tflite file
-    quantised to 8 bits, calibrated on REPRESENTATIVE_IMAGES of them (`_tflite`). Returns the paths written."""
+    quantised to 8 bits, calibrated on REPRESENTATIVE_IMAGES of them; its layers whose 8-bit output errs by more than
+    `max_quantization_steps` stay float32 (`_tflite`; infinity: every layer 8-bit). Returns the paths written."""
     suffix = check_request(path, int8_images)
     representative = _representative_images(int8_images, model.input_shape[1]) if int8_images is not None else None
     tensorflow = _tensorflow(suffix)
     with_similarity = bool(min_similarity) and class_means is not None
     graph = exportable_model(model, class_means if with_similarity else None)
     if suffix == ".tflite":
-        _write(path, _tflite(tensorflow, graph, representative))
+        _write(path, _tflite(tensorflow, graph, representative, max_quantization_steps))
     else:
         _onnx(tensorflow, graph, path)
     names = class_names or {}
@@ -200,10 +202,10 @@ def _representative_images(folder, image_size):
     return np.stack(images)
 
 
-def _tflite(tensorflow, graph, representative=None):
+def _tflite(tensorflow, graph, representative=None, max_quantization_steps=MAX_QUANTIZATION_STEPS):
     """The LiteRT flat buffer of `graph`: float32, or, with `representative` images, 8-bit: int8 pixels in
     and int8 scores out, every layer int8 but those whose 8-bit output errs by more than
-    MAX_QUANTIZATION_STEPS on DEBUG_IMAGES of the photos, which stay float32 (`_imprecise_layers`)."""
+    `max_quantization_steps` on DEBUG_IMAGES of the photos, which stay float32 (`_imprecise_layers`)."""
     # The Keras 3 path saves a temporary SavedModel and prints every one of its endpoints: noise here.
     with contextlib.redirect_stdout(io.StringIO()):
         converter = tensorflow.lite.TFLiteConverter.from_keras_model(graph)
@@ -223,14 +225,15 @@ def _tflite(tensorflow, graph, representative=None):
         debugger.run()
         # fully_quantize: the pixels and the scores are 8-bit too, not float32 around an 8-bit body.
         debugger.options = tensorflow.lite.experimental.QuantizationDebugOptions(
-            denylisted_nodes=_imprecise_layers(debugger), fully_quantize=True
+            denylisted_nodes=_imprecise_layers(debugger, max_quantization_steps), fully_quantize=True
         )
         return debugger.get_nondebug_quantized_model()
 
 
-def _imprecise_layers(debugger):
+def _imprecise_layers(debugger, max_quantization_steps):
     """The outputs of the layers whose 8-bit version errs, root mean square, by more than
-    MAX_QUANTIZATION_STEPS of their own quantisation step, as TensorFlow's quantization debugger measured them."""
+    `max_quantization_steps` of their own quantisation step, as TensorFlow's quantization debugger measured
+    them."""
     table = io.StringIO()
     debugger.layer_statistics_dump(table)
     table.seek(0)
@@ -238,7 +241,7 @@ def _imprecise_layers(debugger):
         row["tensor_name"]
         for row in csv.DictReader(table)
         if float(row["scale"]) > 0
-        and math.sqrt(float(row["mean_squared_error"])) > MAX_QUANTIZATION_STEPS * float(row["scale"])
+        and math.sqrt(float(row["mean_squared_error"])) > max_quantization_steps * float(row["scale"])
     ]
 
 

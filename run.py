@@ -369,9 +369,9 @@ def write_report(
     return summaries
 
 
-def export_model(model_path, out_path, int8_images=None):
+def export_model(model_path, out_path, int8_images=None, max_quantization_steps=export.MAX_QUANTIZATION_STEPS):
     """Export the model file at `model_path` with its names and "unknown" rule (`export.export`); print
-    what was written."""
+    what was written. (Studies pass another `max_quantization_steps`.)"""
     export.check_request(out_path, int8_images)
     model = load_model(model_path)
     rule = _unknown_rule(None, None, model_path)
@@ -385,6 +385,7 @@ def export_model(model_path, out_path, int8_images=None):
         rule.class_means,
         rule.min_similarity,
         int8_images,
+        max_quantization_steps,
     )
     for path in written:
         print(f"Wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)" if path == out_path else f"Wrote {path}")

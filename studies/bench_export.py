@@ -29,20 +29,28 @@ def main():
     parser.add_argument("data_dir", help="the public data in the checker's layout (../shared/birds)")
     parser.add_argument("out_dir", help="where the exported files go")
     parser.add_argument("--model", default=run.MODEL_PATH)
+    parser.add_argument(
+        "--int8-steps",
+        nargs="+",
+        type=float,
+        default=[export.MAX_QUANTIZATION_STEPS],
+        metavar="S",
+        help="int8 files to make: layers whose 8-bit output errs by more than S steps stay float32 (inf: none)",
+    )
     args = parser.parse_args()
     test_dir = os.path.join(args.data_dir, "00_input", "test", "images")
     train_dir = os.path.join(args.data_dir, "00_input", "train", "images")
     expected = datasets.read_gt(os.path.join(args.data_dir, "00_gt", "gt.csv"))
     os.makedirs(args.out_dir, exist_ok=True)
-    files = {
-        "LiteRT float32": (os.path.join(args.out_dir, "birds.tflite"), None),
-        "LiteRT int8": (os.path.join(args.out_dir, "birds_int8.tflite"), train_dir),
-        "ONNX Runtime float32": (os.path.join(args.out_dir, "birds.onnx"), None),
-    }
+    files = {"LiteRT float32": (os.path.join(args.out_dir, "birds.tflite"), None, None)}
+    for steps in args.int8_steps:
+        name = f"LiteRT int8, layers erring by more than {steps} steps in float32"
+        files[name] = (os.path.join(args.out_dir, f"birds_int8_{steps}.tflite"), train_dir, steps)
+    files["ONNX Runtime float32"] = (os.path.join(args.out_dir, "birds.onnx"), None, None)
     export_seconds = {}
-    for name, (path, int8_images) in files.items():
+    for name, (path, int8_images, steps) in files.items():
         start = time.time()
-        run.export_model(args.model, path, int8_images)
+        run.export_model(args.model, path, int8_images, export.MAX_QUANTIZATION_STEPS if steps is None else steps)
         export_seconds[name] = time.time() - start
 
     model = run.load_model(args.model)
@@ -63,7 +71,7 @@ def main():
 
     rows = [("Keras `classify` (batches of 32, decoding included)", args.model, reference, classify_rate, None)]
     rows.append(("Keras, one photo at a time", args.model, reference, keras_rate, None))
-    for name, (path, _) in files.items():
+    for name, (path, _, _) in files.items():
         run_file = export.runner(path)
 
         def run_one(image):
