@@ -16,6 +16,11 @@ the threshold chosen on the training photos.
     python -m studies.unknown_study DATA_DIR OUT_DIR [--splits 0 1 2]     # from the project folder
     python -m studies.unknown_study DATA_DIR OUT_DIR --quick              # smoke test, a few minutes
     python -m studies.unknown_study DATA_DIR OUT_DIR --rescore            # the saved split models again
+    python -m studies.unknown_study DATA_DIR OUT_DIR --members 2          # the recipe's ensemble of two
+
+With --members N > 1 each split model is an ensemble of N (`Recipe.ensemble_members`): its probabilities
+are the members' average, as the product's are; the logit scores and the head's features (class means)
+are the first member's, as the product's cosine test reads them.
 
 Needs scikit-image (`pip install scikit-image`, a study dependency only) for the photos that are not birds.
 Writes OUT_DIR/study.jsonl (one line per split), OUT_DIR/models/splitN.hdf5, and prints Markdown tables.
@@ -80,6 +85,7 @@ def main():
     parser.add_argument("--splits", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="10 photos per species, 1 split, 1+1 epochs")
     parser.add_argument("--rescore", action="store_true", help="score the saved split models again, no training")
+    parser.add_argument("--members", type=int, default=1, help="ensemble members of each split model (default 1)")
     args = parser.parse_args()
 
     train_dir = os.path.join(args.data_dir, "00_input", "train")
@@ -87,9 +93,9 @@ def main():
     test_dir = os.path.join(args.data_dir, "00_input", "test", "images")
     train_gt = datasets.read_gt(os.path.join(train_dir, "gt.csv"))
     test_gt = datasets.read_gt(os.path.join(args.data_dir, "00_gt", "gt.csv"))
-    # One member: the scores from the head's features below (logits, class means) are one model's. The
-    # ensemble's thresholds come from cv_study.py --unknown on the same rule.
-    recipe = dataclasses.replace(classification.RECIPE, ensemble_members=1)
+    # One member by default: the scores from the head's features below (logits, class means) are one model's.
+    # The ensemble's thresholds come from cv_study.py --unknown on the same rule.
+    recipe = dataclasses.replace(classification.RECIPE, ensemble_members=args.members)
     splits = args.splits
     if args.quick:
         train_gt = cv_study.first_per_class(train_gt, QUICK_IMAGES_PER_CLASS)
@@ -112,7 +118,8 @@ def main():
             fit_gt, held_out_gt = _held_out(
                 {name: new_id[label] for name, label in train_gt.items() if label in new_id}, rng
             )
-            model_path = os.path.join(models_dir, f"split{split}.hdf5")
+            members = "" if args.members == 1 else f"_members{args.members}"
+            model_path = os.path.join(models_dir, f"split{split}{members}.hdf5")
             start = time.time()
             if args.rescore:
                 model, minutes = run.load_model(model_path), None
@@ -131,6 +138,7 @@ def main():
             test_unknown_scores, _ = scorer.scores(None, test_unknown)
 
             result = dict(split=split, unknown_species=unknown, minutes=minutes, backend=keras.backend.backend())
+            result.update(members=args.members)
             result.update(held_out_accuracy=float(np.mean(known_right)), test_accuracy=float(np.mean(test_right)))
             result["scores"] = {}
             for score in known_scores:
@@ -158,13 +166,15 @@ class _Scorer:
     """Every score of a photo, from one pass of the fine-tuned model: higher means "one of its species"."""
 
     def __init__(self, model, train_paths, train_names, fit_gt):
-        # One output, so that the product's own pipeline (`predict_probabilities`) runs it.
+        # One output, so that the product's own pipeline (`predict_probabilities`) runs it; the model's own
+        # probabilities last (an ensemble's average; one model's equal the softmax of its logits).
         pooled, features = model.get_layer(POOLED_LAYER).output, model.get_layer(FEATURE_LAYER).output
-        self.features_model = keras.Model(model.inputs, keras.layers.Concatenate()([pooled, features]))
-        self.pooled_size = pooled.shape[-1]
+        outputs = [pooled, features, model.output]
+        self.features_model = keras.Model(model.inputs, keras.layers.Concatenate()(outputs))
+        self.pooled_size, self.classes = pooled.shape[-1], model.output_shape[-1]
         self.kernel, self.bias = (np.asarray(weight) for weight in model.get_layer(LOGIT_LAYER).get_weights())
-        decoded, both = classification.predict_probabilities(self.features_model, train_paths)
-        pooled, features = both[:, : self.pooled_size], both[:, self.pooled_size :]
+        decoded, every = classification.predict_probabilities(self.features_model, train_paths)
+        pooled, features, _ = self._parts(every)
         labels = np.array([fit_gt[train_names[index]] for index in decoded])
         classes = range(self.kernel.shape[1])
         means = np.stack([features[labels == label].mean(axis=0) for label in classes])
@@ -182,10 +192,9 @@ class _Scorer:
         else:
             names = sorted(images)
             paths, labels = [os.path.join(image_dir, name) for name in names], [images[name] for name in names]
-        decoded, both = classification.predict_probabilities(self.features_model, paths)
-        pooled, features = both[:, : self.pooled_size], both[:, self.pooled_size :]
+        decoded, every = classification.predict_probabilities(self.features_model, paths)
+        pooled, features, probabilities = self._parts(every)
         logits = features @ self.kernel + self.bias
-        probabilities = _softmax(logits)
         ranked = np.sort(probabilities, axis=1)
         unit = _unit(features)
         similarities = np.sort(_unit(pooled) @ self.train_pooled.T, axis=1)
@@ -204,6 +213,10 @@ class _Scorer:
         if labels is None:
             return scores, []
         return scores, [labels[index] == label for index, label in zip(decoded, np.argmax(probabilities, axis=1))]
+
+    def _parts(self, every):
+        """(pooled features, head features, probabilities) of the concatenated output."""
+        return every[:, : self.pooled_size], every[:, self.pooled_size : -self.classes], every[:, -self.classes :]
 
 
 def _combined(known, unknown, not_birds, test_known, test_unknown):
@@ -227,11 +240,6 @@ def _combined(known, unknown, not_birds, test_known, test_unknown):
 
 def _unit(vectors):
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
-def _softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _logsumexp(logits):
