@@ -600,6 +600,17 @@ def load_image(path, image_size):
     return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR))
 
 
+def decode_images(paths, image_size):
+    """The image files `paths` as the model sees them (`load_image`), decoded by the one pipeline on its
+    background threads: (indices into `paths` of the files that decoded; uint8 array of shape
+    (len(indices), image_size, image_size, 3)). Files that do not decode are left out, with one warning that
+    lists them, as `classify` leaves them out."""
+    batches = list(_image_batches(paths, image_size))
+    if not batches:
+        return np.zeros(0, int), np.zeros((0, image_size, image_size, 3), np.uint8)
+    return np.concatenate([indices for indices, _ in batches]), np.concatenate([images for _, images in batches])
+
+
 def save_model(model, path, class_names=None, min_confidence=None, class_means=None, min_similarity=None):
     """Save `model` as one HDF5 file that Keras 2.15 and Keras 3 (any backend) open with plain
     `keras.models.load_model`, giving the same probabilities; with `class_names` ({class id:

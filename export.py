@@ -190,16 +190,10 @@ def _representative_images(folder, image_size):
             f"{' '.join(classification.IMAGE_EXTENSIONS)}"
         )
     chosen = names[:: max(1, len(names) // REPRESENTATIVE_IMAGES)][:REPRESENTATIVE_IMAGES]
-    paths = [os.path.join(folder, name) for name in chosen]
-    images = []
-    for path in paths:
-        try:
-            images.append(classification.load_image(path, image_size))
-        except (OSError, ValueError, SyntaxError):
-            continue
-    if not images:
-        raise ExportError(f"--int8: none of the {len(paths)} photos tried in {os.fspath(folder)!r} decodes")
-    return np.stack(images)
+    _, images = classification.decode_images([os.path.join(folder, name) for name in chosen], image_size)
+    if not len(images):
+        raise ExportError(f"--int8: none of the {len(chosen)} photos tried in {os.fspath(folder)!r} decodes")
+    return images
 
 
 def _tflite(tensorflow, graph, representative=None, max_quantization_steps=MAX_QUANTIZATION_STEPS):

@@ -535,11 +535,9 @@ def _check_export(model, path):
     except ImportError as error:
         print(f"Not checked against the model: {error.name} is not installed (pip install -r requirements-export.txt)")
         return
-    images = [
-        classification.load_image(os.path.join(SAMPLES_DIR, name), model.input_shape[1])
-        for name in classification.image_files(SAMPLES_DIR)
-    ]
-    expected = model.predict_on_batch(np.stack(images).astype(np.float32))
+    names = classification.image_files(SAMPLES_DIR)
+    _, images = classification.decode_images([os.path.join(SAMPLES_DIR, name) for name in names], model.input_shape[1])
+    expected = model.predict_on_batch(images.astype(np.float32))
     exported = np.concatenate([run_file(image)[export.PROBABILITIES] for image in images])
     same = np.sum(exported.argmax(axis=1) == expected.argmax(axis=1))
     print(

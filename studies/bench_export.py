@@ -4,10 +4,10 @@
 
 Exports the model as LiteRT float32 and int8 (calibrated on the training photos) and as ONNX with
 `run.export_model`, then runs every file and the Keras model on the same decoded test photos
-(`classification.load_image`, what `classify` feeds the model) and prints one table: file size, top-1
+(`classification.decode_images`, what `classify` feeds the model) and prints one table: file size, top-1
 accuracy, top-1 agreement with Keras, the largest probability difference, and photos per second one photo
 at a time (what a phone or a Raspberry Pi does) with each runtime's default threads, on this machine's
-cores. Keras' own `classify` of the folder (batches of 32, decoding included) is timed too. Needs
+cores. Keras' own pass of `classify` over the files (batches of 32, decoding included) is timed too. Needs
 `requirements-export.txt`.
 """
 
@@ -42,31 +42,28 @@ def main():
     train_dir = os.path.join(args.data_dir, "00_input", "train", "images")
     expected = datasets.read_gt(os.path.join(args.data_dir, "00_gt", "gt.csv"))
     os.makedirs(args.out_dir, exist_ok=True)
-    files = {"LiteRT float32": (os.path.join(args.out_dir, "birds.tflite"), None, None)}
+    # (path, --int8 photos, the quantisation threshold, which float files do not use)
+    files = {"LiteRT float32": (os.path.join(args.out_dir, "birds.tflite"), None, export.MAX_QUANTIZATION_STEPS)}
     for steps in args.int8_steps:
         name = f"LiteRT int8, layers erring by more than {steps} steps in float32"
         files[name] = (os.path.join(args.out_dir, f"birds_int8_{steps}.tflite"), train_dir, steps)
-    files["ONNX Runtime float32"] = (os.path.join(args.out_dir, "birds.onnx"), None, None)
+    files["ONNX Runtime float32"] = (os.path.join(args.out_dir, "birds.onnx"), None, export.MAX_QUANTIZATION_STEPS)
     export_seconds = {}
     for name, (path, int8_images, steps) in files.items():
         start = time.time()
-        run.export_model(args.model, path, int8_images, export.MAX_QUANTIZATION_STEPS if steps is None else steps)
+        run.export_model(args.model, path, int8_images, steps)
         export_seconds[name] = time.time() - start
 
     model = run.load_model(args.model)
     names = sorted(expected)
-    images = np.stack([classification.load_image(os.path.join(test_dir, name), model.input_shape[1]) for name in names])
-    truth = np.array([expected[name] for name in names])
+    paths = [os.path.join(test_dir, name) for name in names]
+    decoded, images = classification.decode_images(paths, model.input_shape[1])
+    truth = np.array([expected[names[index]] for index in decoded])
 
+    # classify's own pass (decoding included), whose probabilities are the reference.
     start = time.time()
-    classification.classify(model, test_dir)
+    _, reference = classification.predict_probabilities(model, paths)
     classify_rate = len(names) / (time.time() - start)
-    reference = np.concatenate(
-        [
-            model.predict_on_batch(images[start : start + classification.BATCH_SIZE].astype(np.float32))
-            for start in range(0, len(images), classification.BATCH_SIZE)
-        ]
-    )
     keras_rate = _rate(lambda image: model.predict_on_batch(image[None].astype(np.float32)), images)
 
     rows = [("Keras `classify` (batches of 32, decoding included)", args.model, reference, classify_rate, None)]

@@ -4,8 +4,8 @@ from species it never saw and from photos that are not birds.
 For each split, 10 of the 50 public species are set aside as unknown. The full recipe
 (`classification.RECIPE`, with `classification.train`) trains on 80 % of the training photos of the other 40;
 the remaining 20 % (6 a species, 240 photos) are the held-out known photos. Every photo is run once through
-the fine-tuned model (`classification.predict_probabilities` on a model that outputs the head's features,
-from which the logits and probabilities follow exactly), and each score below is compared by
+the fine-tuned model (`classification.predict_probabilities` on a model that outputs the pooled and the head's
+features, from which the logits follow exactly, and the model's own probabilities), and each score below is compared by
 - AUROC: held-out known photos against the training photos of the 10 unknown species (300);
 - caught: the share of unknown-species photos below the threshold that keeps 95 % of the known ones;
 - not birds: the share of photos of other things below that same threshold (the bundled photos of

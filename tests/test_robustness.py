@@ -1,6 +1,7 @@
 """Awkward and broken inputs: every decodable image labelled, broken ones skipped with one warning."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -111,3 +112,16 @@ def test_broken_training_image_is_skipped_with_a_warning(train_set):
     with pytest.warns(UserWarning, match=broken):
         model = classification.train_classifier(train_gt, folder, fast_train=True)
     assert model.output_shape == (None, NUM_CLASSES)
+
+
+def test_decode_images_gives_what_the_model_sees_and_skips_broken_files_with_one_warning(tmp_path):
+    write_images(tmp_path, ["a.png", "b.jpg"], seed=7)
+    (tmp_path / "broken.jpg").write_text("not a photo")
+    paths = [str(tmp_path / name) for name in ("a.png", "broken.jpg", "b.jpg")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decoded, images = classification.decode_images(paths, 32)
+    assert decoded.tolist() == [0, 2] and images.dtype == np.uint8
+    np.testing.assert_array_equal(images, np.stack([classification.load_image(paths[index], 32) for index in (0, 2)]))
+    assert len(caught) == 1 and "broken.jpg" in str(caught[0].message)
+    assert classification.decode_images([], 32)[1].shape == (0, 32, 32, 3)
