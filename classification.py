@@ -158,6 +158,9 @@ VIEW_NAMES = ("image", "flipped image", "crop", "flipped crop")
 # Threads that decode (and augment) images while the model runs: Pillow releases the GIL while
 # it decodes and resamples, so two keep up with the model on 2 cores.
 DECODE_THREADS = 2
+# With both mixup and CutMix in a recipe, the share of batches mixed by CutMix: timm's default (`Mixup`'s
+# `switch_prob`), which mixes every batch one way or the other.
+MIX_SWITCH_PROBABILITY = 0.5
 # Batches decoded ahead of the model: enough to hide a slow file, few enough that memory stays
 # flat in the number of images.
 PREFETCH_BATCHES = 4
@@ -204,6 +207,11 @@ class Recipe:
     # cross-validation 0.922 against 0.912 without, better on every fold (studies/README.md).
     # 0.4 is the top of the range mixup's authors recommend for ImageNet (0.1-0.4), not tuned here.
     mixup_alpha: float = 0.4
+    # CutMix on the cached activations (Yun et al. 2019): a box of the shuffled copy's maps pasted into each
+    # map, the targets mixed by the box's share of the map, that share drawn from Beta(cutmix_alpha,
+    # cutmix_alpha); with mixup too, each batch is mixed one way or the other (MIX_SWITCH_PROBABILITY).
+    # 0: no CutMix. (1.0, the CutMix authors' value, measured in studies/README.md.)
+    cutmix_alpha: float = 0.0
     # Upper parts (blocks after `split_layer` plus the head) fine-tuned one after another on the same
     # cached views, each from the ImageNet weights with its own head, shuffles and mixing; the saved model
     # runs the one frozen lower part once and averages their probabilities (`ensemble`). Each member
@@ -239,8 +247,10 @@ class Recipe:
             for name, (value, least) in counts.items()
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least
         ]
-        if isinstance(self.mixup_alpha, bool) or not isinstance(self.mixup_alpha, (int, float)) or self.mixup_alpha < 0:
-            bad.append(f"mixup_alpha={self.mixup_alpha!r} (expected a number >= 0)")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                bad.append(f"{name}={value!r} (expected a number >= 0)")
         if bad:
             raise ValueError(f"Recipe: {', '.join(bad)}")
 
@@ -345,7 +355,9 @@ def train(train_gt, train_img_dir, recipe=RECIPE, validation=None):
         raise ValueError(f"None of the {len(train_index)} training images in {train_img_dir!r} could be decoded.")
     # One-hot targets, because label smoothing needs them.
     train_targets = keras.utils.to_categorical(labels[train_index], num_classes)
-    train_data = _CachedViews(train_views, train_targets, train_decoded, BATCH_SIZE, rng, recipe.mixup_alpha)
+    train_data = _CachedViews(
+        train_views, train_targets, train_decoded, BATCH_SIZE, rng, recipe.mixup_alpha, recipe.cutmix_alpha
+    )
     validation_targets = keras.utils.to_categorical(validation_labels, num_classes)
     validation_data = _CachedViews(validation_views, validation_targets, validation_decoded, BATCH_SIZE)
     # Only the recipe's own split may choose the epoch to keep, never images the caller gave.
@@ -978,17 +990,19 @@ def _cached_views(model, paths, recipe, rng, subset):
 
 class _CachedViews(keras.utils.Sequence):
     """Batches of cached activations of the images that decoded, with their targets; each epoch
-    shuffles (when given `rng`) and draws one random view of each image, and with `mixup_alpha`
-    > 0 mixes each batch with a shuffled copy of itself, activations and targets alike, by a
-    weight drawn from Beta(mixup_alpha, mixup_alpha) (manifold mixup at the cached layer).
+    shuffles (when given `rng`) and draws one random view of each image, and mixes each batch with a
+    shuffled copy of itself, targets alike: with `mixup_alpha` > 0 by a weight drawn from
+    Beta(mixup_alpha, mixup_alpha) (manifold mixup at the cached layer), with `cutmix_alpha` > 0 by
+    pasting a box of the copy's maps (CutMix), with both one or the other (MIX_SWITCH_PROBABILITY).
 
     `keras.utils.Sequence` is the one batch source that Keras 2 and every Keras 3 backend share
     (Keras 3 calls it PyDataset)."""
 
-    def __init__(self, views, targets, decoded, batch_size, rng=None, mixup_alpha=0.0):
+    def __init__(self, views, targets, decoded, batch_size, rng=None, mixup_alpha=0.0, cutmix_alpha=0.0):
         super().__init__()
         self.views, self.targets, self.batch_size, self.rng = views, targets, batch_size, rng
         self.mixup_alpha = mixup_alpha if rng is not None else 0.0
+        self.cutmix_alpha = cutmix_alpha if rng is not None else 0.0
         self.order = np.flatnonzero(decoded)
         self.view_of = np.zeros(len(targets), int)
         self.on_epoch_end()
@@ -999,9 +1013,13 @@ class _CachedViews(keras.utils.Sequence):
     def __getitem__(self, batch):
         indices = self.order[batch * self.batch_size : (batch + 1) * self.batch_size]
         inputs, targets = self.views[self.view_of[indices], indices].astype("float32"), self.targets[indices]
-        if self.mixup_alpha > 0:
-            weight, partners = self.mix_weights[batch], self.partners[batch]
-            inputs = weight * inputs + (1 - weight) * inputs[partners]
+        if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
+            weight, partners, box = self.mix_weights[batch], self.partners[batch], self.boxes[batch]
+            if box is None:
+                inputs = weight * inputs + (1 - weight) * inputs[partners]
+            else:
+                top, bottom, left, right = box
+                inputs[:, top:bottom, left:right] = inputs[partners, top:bottom, left:right]
             targets = weight * targets + (1 - weight) * targets[partners]
         return inputs, targets
 
@@ -1010,13 +1028,34 @@ class _CachedViews(keras.utils.Sequence):
             self.order = self.rng.permutation(self.order)
             self.view_of = self.rng.integers(len(self.views), size=len(self.targets))
         # Drawn here, not per batch, so that the mixing does not depend on the order Keras asks
-        # for batches in.
-        if self.mixup_alpha > 0:
-            self.mix_weights = self.rng.beta(self.mixup_alpha, self.mixup_alpha, size=len(self))
+        # for batches in; mixup's draws come first, so a recipe without CutMix draws what it drew before it.
+        if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
+            self.mix_weights = (
+                self.rng.beta(self.mixup_alpha, self.mixup_alpha, size=len(self))
+                if self.mixup_alpha > 0
+                else np.ones(len(self))
+            )
             sizes = [
                 len(self.order[start : start + self.batch_size]) for start in range(0, len(self.order), self.batch_size)
             ]
             self.partners = [self.rng.permutation(size) for size in sizes]
+            self.boxes = [None] * len(self)
+            if self.cutmix_alpha > 0:
+                share = MIX_SWITCH_PROBABILITY if self.mixup_alpha > 0 else 1.0
+                for batch in np.flatnonzero(self.rng.random(len(self)) < share):
+                    self.boxes[batch], self.mix_weights[batch] = self._cutmix_box()
+
+    def _cutmix_box(self):
+        """A box of the maps, (top, bottom, left, right), covering 1 - w of them for w drawn from
+        Beta(cutmix_alpha, cutmix_alpha) and centred anywhere (cut where it leaves the map), and the share
+        of the maps it leaves, the weight of each map's own target (timm's `rand_bbox`)."""
+        height, width = self.views.shape[2:4]
+        side = math.sqrt(1 - self.rng.beta(self.cutmix_alpha, self.cutmix_alpha))
+        centre_y, centre_x = self.rng.integers(height), self.rng.integers(width)
+        half_height, half_width = round(height * side) // 2, round(width * side) // 2
+        top, bottom = max(centre_y - half_height, 0), min(centre_y + half_height, height)
+        left, right = max(centre_x - half_width, 0), min(centre_x + half_width, width)
+        return (top, bottom, left, right), 1 - (bottom - top) * (right - left) / (height * width)
 
 
 class _KeepBestEpoch(keras.callbacks.Callback):

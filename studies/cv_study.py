@@ -55,6 +55,13 @@ VARIANTS = {
     "no mixup": {"mixup_alpha": 0.0},
     # (c) of issue 15: two upper parts fine-tuned on the one frozen lower part, averaged in the model.
     "ensemble of 2": {"ensemble_members": 2},
+    # One upper part, the recipe before its ensemble: the levers are measured one model at a time, and
+    # `--average` of the seeds' fold models gives the ensembles of two and three.
+    "one model": {"ensemble_members": 1},
+    "one model, seed 7": {"ensemble_members": 1, "seed": 7},
+    "one model, seed 42": {"ensemble_members": 1, "seed": 42},
+    # (a) of issue 15: CutMix on the 28 x 28 maps beside mixup, each batch one or the other.
+    "one model, cutmix": {"ensemble_members": 1, "cutmix_alpha": 1.0},
 }
 # Ways of averaging test-time views (classification.VIEW_NAMES), by name; each fold model is scored
 # with every one. The probabilities of each view are computed once and averaged here, which is what

@@ -81,6 +81,7 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("crop_views", 1.5),
         ("views", True),
         ("mixup_alpha", -0.1),
+        ("cutmix_alpha", -1.0),
         ("ensemble_members", 0),
     ],
 )
@@ -89,7 +90,7 @@ def test_recipe_refuses_counts_that_are_not_counts(field, value):
         dataclasses.replace(classification.RECIPE, **{field: value})
 
 
-@pytest.mark.parametrize("field, value", [("crop_views", 1), ("mixup_alpha", 0.0)])
+@pytest.mark.parametrize("field, value", [("crop_views", 1), ("mixup_alpha", 0.0), ("cutmix_alpha", 1.0)])
 def test_a_lever_is_deterministic_and_changes_training(train_set, field, value):
     train_gt, folder = train_set
     variant = dataclasses.replace(classification.FAST_RECIPE, **{field: value})
@@ -103,6 +104,29 @@ def test_a_lever_is_deterministic_and_changes_training(train_set, field, value):
     assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
     assert any((a != b).any() for a, b in zip(first.get_weights(), without.get_weights()))
     assert sorted(classification.classify(first, folder)) == sorted(train_gt)
+
+
+def test_cutmix_pastes_a_box_of_the_partner_and_weighs_the_targets_by_its_area():
+    images, height, width = 64, 7, 9
+    views = np.arange(images, dtype=np.float16)[None, :, None, None, None] * np.ones((1, 1, height, width, 2))
+    targets = keras.utils.to_categorical(np.arange(images) % 8, 8)
+    batches = classification._CachedViews(
+        views, targets, np.ones(images, bool), 16, np.random.default_rng(0), mixup_alpha=0.0, cutmix_alpha=1.0
+    )
+    pasted = 0
+    for batch in range(len(batches)):
+        inputs, mixed = batches[batch]
+        own = batches.order[batch * 16 : (batch + 1) * 16]
+        for row, image in enumerate(own):
+            values = inputs[row, :, :, 0]
+            partner = own[batches.partners[batch][row]]
+            assert set(np.unique(values)) <= {image, partner}
+            own_share = np.mean(values == image) if partner != image else 1.0
+            expected = own_share * targets[image] + (1 - own_share) * targets[partner]
+            np.testing.assert_allclose(mixed[row], expected, atol=1e-6)
+            pasted += own_share < 1
+    assert pasted > 0
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, atol=1e-6)
 
 
 def test_bird_boxes_give_one_box_inside_the_image_per_decoded_file(small_model, image_paths, tmp_path):
