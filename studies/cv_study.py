@@ -64,6 +64,10 @@ VARIANTS = {
     "one model, cutmix": {"ensemble_members": 1, "cutmix_alpha": 1.0},
     # (e): twice the augmented views cached per image, each drawn about twice in 32 epochs instead of four times.
     "one model, 16 views": {"ensemble_members": 1, "views": 16},
+    # (e): longer fine-tuning, for mixup, which keeps the training views from being fitted (its authors
+    # trained longer with it); and weight averaging over about the last third of fine-tuning.
+    "one model, 48 epochs": {"ensemble_members": 1, "fine_tune_epochs": 48},
+    "one model, EMA": {"ensemble_members": 1, "ema_momentum": 0.997},
 }
 # Ways of averaging test-time views (classification.VIEW_NAMES), by name; each fold model is scored
 # with every one. The probabilities of each view are computed once and averaged here, which is what

@@ -83,6 +83,8 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("mixup_alpha", -0.1),
         ("cutmix_alpha", -1.0),
         ("ensemble_members", 0),
+        ("ema_momentum", 1.0),
+        ("ema_momentum", -0.1),
     ],
 )
 def test_recipe_refuses_counts_that_are_not_counts(field, value):
@@ -104,6 +106,25 @@ def test_a_lever_is_deterministic_and_changes_training(train_set, field, value):
     assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
     assert any((a != b).any() for a, b in zip(first.get_weights(), without.get_weights()))
     assert sorted(classification.classify(first, folder)) == sorted(train_gt)
+
+
+def test_weight_averaging_is_deterministic_and_changes_only_the_fine_tuned_weights(train_set):
+    train_gt, folder = train_set
+    # Three fine-tuning steps: the average of a single step is that step's weights.
+    plain = dataclasses.replace(classification.FAST_RECIPE, fine_tune_epochs=3)
+    averaged = dataclasses.replace(plain, ema_momentum=0.5)
+    first, _ = classification.train(train_gt, folder, averaged)
+    second, _ = classification.train(train_gt, folder, averaged)
+    without, _ = classification.train(train_gt, folder, plain)
+    assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
+    changed = [
+        layer.name
+        for layer, other in zip(first.layers, without.layers)
+        if any((a != b).any() for a, b in zip(layer.get_weights(), other.get_weights()))
+    ]
+    names = [layer.name for layer in first.layers]
+    fine_tuned = names[names.index(plain.split_layer) + 1 :]
+    assert changed and set(changed) <= set(fine_tuned)
 
 
 def test_cutmix_pastes_a_box_of_the_partner_and_weighs_the_targets_by_its_area():
