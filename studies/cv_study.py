@@ -68,6 +68,9 @@ VARIANTS = {
     # trained longer with it); and weight averaging over about the last third of fine-tuning.
     "one model, 48 epochs": {"ensemble_members": 1, "fine_tune_epochs": 48},
     "one model, EMA": {"ensemble_members": 1, "ema_momentum": 0.997},
+    # Issue 16: label smoothing pulls every answer's largest probability down alike; without it (mixup still
+    # softens the targets), does the largest probability tell unseen species apart better?
+    "one model, no label smoothing": {"ensemble_members": 1, "label_smoothing": 0.0},
 }
 # Ways of averaging test-time views (classification.VIEW_NAMES), by name; each fold model is scored
 # with every one. The probabilities of each view are computed once and averaged here, which is what
@@ -133,7 +136,7 @@ def main():
             changes = [dict(VARIANTS[member], **(QUICK_CHANGES if args.quick else {})) for member in members]
             results = []
             for fold in folds:
-                model_paths = [os.path.join(models_dir, f"{_slug(member)}_fold{fold}.hdf5") for member in members]
+                model_paths = [os.path.join(models_dir, f"{slug(member)}_fold{fold}.hdf5") for member in members]
                 fold_gt = {image: label for image, label in train_gt.items() if fold_of[image] != fold}
                 held_out = {image: label for image, label in train_gt.items() if fold_of[image] == fold}
                 start = time.time()
@@ -214,7 +217,7 @@ def _stratified_folds(train_gt, folds, rng):
     return fold_of
 
 
-def _slug(name):
+def slug(name):
     """A variant's name as a file name."""
     return "".join(character if character.isalnum() else "_" for character in name).strip("_")
 

@@ -17,6 +17,7 @@ the threshold chosen on the training photos.
     python -m studies.unknown_study DATA_DIR OUT_DIR --quick              # smoke test, a few minutes
     python -m studies.unknown_study DATA_DIR OUT_DIR --rescore            # the saved split models again
     python -m studies.unknown_study DATA_DIR OUT_DIR --members 2          # the recipe's ensemble of two
+    python -m studies.unknown_study DATA_DIR OUT_DIR --variant NAME       # a variant of cv_study.VARIANTS
 
 With --members N > 1 each split model is an ensemble of N (`Recipe.ensemble_members`): its probabilities
 are the members' average, as the product's are; the logit scores and the head's features (class means)
@@ -67,6 +68,10 @@ LOGIT_LAYER = "probabilities"
 # Neighbours for the k-nearest-neighbour score (Sun et al. 2022 take the k-th nearest of the normalised
 # features; with 24 photos a species, a few neighbours).
 NEIGHBOURS = 5
+# ReAct (Sun et al. 2021) clips the head's features at this percentile of their values on the training photos
+# before the logits are formed, the authors' default: the few very large activations that unseen inputs
+# provoke no longer carry the logits.
+REACT_PERCENTILE = 90
 # Added to the diagonal of the shared covariance of the Mahalanobis score: 1280 dimensions from 960 photos.
 COVARIANCE_SHRINKAGE = 1e-3
 # The product's rule of two scores (`classification.unknown_answers`): "unknown" where either is below its
@@ -86,6 +91,13 @@ def main():
     parser.add_argument("--quick", action="store_true", help="10 photos per species, 1 split, 1+1 epochs")
     parser.add_argument("--rescore", action="store_true", help="score the saved split models again, no training")
     parser.add_argument("--members", type=int, default=1, help="ensemble members of each split model (default 1)")
+    parser.add_argument(
+        "--variant",
+        choices=sorted(cv_study.VARIANTS),
+        default="recipe",
+        metavar="NAME",
+        help="the recipe's changes of this cv_study.py variant (default: the recipe), then --members",
+    )
     args = parser.parse_args()
 
     train_dir = os.path.join(args.data_dir, "00_input", "train")
@@ -95,7 +107,8 @@ def main():
     test_gt = datasets.read_gt(os.path.join(args.data_dir, "00_gt", "gt.csv"))
     # One member by default: the scores from the head's features below (logits, class means) are one model's.
     # The ensemble's thresholds come from cv_study.py --unknown on the same rule.
-    recipe = dataclasses.replace(classification.RECIPE, ensemble_members=args.members)
+    recipe = dataclasses.replace(classification.RECIPE, **cv_study.VARIANTS[args.variant])
+    recipe = dataclasses.replace(recipe, ensemble_members=args.members)
     splits = args.splits
     if args.quick:
         train_gt = cv_study.first_per_class(train_gt, QUICK_IMAGES_PER_CLASS)
@@ -119,7 +132,8 @@ def main():
                 {name: new_id[label] for name, label in train_gt.items() if label in new_id}, rng
             )
             members = "" if args.members == 1 else f"_members{args.members}"
-            model_path = os.path.join(models_dir, f"split{split}{members}.hdf5")
+            variant = "" if args.variant == "recipe" else "_" + cv_study.slug(args.variant)
+            model_path = os.path.join(models_dir, f"split{split}{variant}{members}.hdf5")
             start = time.time()
             if args.rescore:
                 model, minutes = run.load_model(model_path), None
@@ -138,7 +152,7 @@ def main():
             test_unknown_scores, _ = scorer.scores(None, test_unknown)
 
             result = dict(split=split, unknown_species=unknown, minutes=minutes, backend=keras.backend.backend())
-            result.update(members=args.members)
+            result.update(members=args.members, variant=args.variant)
             result.update(held_out_accuracy=float(np.mean(known_right)), test_accuracy=float(np.mean(test_right)))
             result["scores"] = {}
             for score in known_scores:
@@ -180,6 +194,8 @@ class _Scorer:
         means = np.stack([features[labels == label].mean(axis=0) for label in classes])
         self.class_means = means / np.linalg.norm(means, axis=1, keepdims=True)
         self.train_pooled = _unit(pooled)
+        self.train_features = _unit(features)
+        self.react_clip = np.percentile(features, REACT_PERCENTILE)
         self.pooled_means = np.stack([pooled[labels == label].mean(axis=0) for label in classes])
         centred = pooled - self.pooled_means[labels]
         covariance = centred.T @ centred / len(centred) + COVARIANCE_SHRINKAGE * np.eye(pooled.shape[1])
@@ -198,6 +214,8 @@ class _Scorer:
         ranked = np.sort(probabilities, axis=1)
         unit = _unit(features)
         similarities = np.sort(_unit(pooled) @ self.train_pooled.T, axis=1)
+        head_similarities = np.sort(unit @ self.train_features.T, axis=1)
+        clipped_logits = np.minimum(features, self.react_clip) @ self.kernel + self.bias
         offsets = pooled[:, None, :] - self.pooled_means[None]
         mahalanobis = np.sum((offsets @ self.precision) * offsets, axis=2).min(axis=1)
         scores = {
@@ -207,6 +225,14 @@ class _Scorer:
             "largest logit": logits.max(axis=1),
             "negative energy": _logsumexp(logits),
             "cosine to nearest class mean": (unit @ self.class_means.T).max(axis=1),
+            # Label smoothing and mixup bound the logits' spread; their direction may still tell (the logit
+            # normalisation that Xia et al. 2025 propose against label smoothing's harm to selective answers).
+            "largest logit over the logits' norm": logits.max(axis=1) / np.linalg.norm(logits, axis=1),
+            f"negative energy, features clipped at their {REACT_PERCENTILE}th percentile (ReAct)": _logsumexp(
+                clipped_logits
+            ),
+            "cosine to nearest training photo (head)": head_similarities[:, -1],
+            f"cosine to {NEIGHBOURS}th nearest training photo (head)": head_similarities[:, -NEIGHBOURS],
             f"cosine to {NEIGHBOURS}th nearest training photo (pooled)": similarities[:, -NEIGHBOURS],
             "negative Mahalanobis distance (pooled)": -mahalanobis,
         }
