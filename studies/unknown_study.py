@@ -116,6 +116,9 @@ def main():
         recipe = dataclasses.replace(recipe, **QUICK_CHANGES)
         splits = splits[:1]
     models_dir = os.path.join(args.out_dir, "models")
+    # What tells the split models of a variant or an ensemble apart from the recipe's one model, in their names.
+    model_suffix = "" if args.variant == "recipe" else "_" + cv_study.slug(args.variant)
+    model_suffix += "" if args.members == 1 else f"_members{args.members}"
     os.makedirs(models_dir, exist_ok=True)
     not_birds_dir = _write_not_bird_photos(os.path.join(args.out_dir, "not_birds"))
     not_bird_paths = [os.path.join(not_birds_dir, name) for name in classification.image_files(not_birds_dir)]
@@ -131,9 +134,7 @@ def main():
             fit_gt, held_out_gt = _held_out(
                 {name: new_id[label] for name, label in train_gt.items() if label in new_id}, rng
             )
-            members = "" if args.members == 1 else f"_members{args.members}"
-            variant = "" if args.variant == "recipe" else "_" + cv_study.slug(args.variant)
-            model_path = os.path.join(models_dir, f"split{split}{variant}{members}.hdf5")
+            model_path = os.path.join(models_dir, f"split{split}{model_suffix}.hdf5")
             start = time.time()
             if args.rescore:
                 model, minutes = run.load_model(model_path), None
