@@ -74,6 +74,8 @@ VARIANTS = {
     # Issue 15's time limit: the recipe's two members take about 21 minutes on a middle-kind machine, where
     # each member's 32 fine-tuning epochs are 90 % of it; 20 epochs each would bring it to about 14.
     "20 fine-tuning epochs": {"fine_tune_epochs": 20},
+    # Do the two members gain more when each fine-tunes on views of its own, as two models of other seeds do?
+    "20 fine-tuning epochs, own views": {"fine_tune_epochs": 20, "member_views": True},
 }
 # Ways of averaging test-time views (classification.VIEW_NAMES), by name; each fold model is scored
 # with every one. The probabilities of each view are computed once and averaged here, which is what

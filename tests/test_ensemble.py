@@ -74,5 +74,23 @@ def test_an_ensemble_round_trips_through_save_model_and_plain_load_model(trained
     assert sorted(labels) == sorted(train_gt) and labels == classification.classify(ensemble, folder)
 
 
+def test_members_with_views_of_their_own_share_the_first_member_and_differ_after(train_set):
+    train_gt, folder = train_set
+    # Two views, so that a member's own views (the augmented ones) can differ from the first member's.
+    shared = dataclasses.replace(classification.FAST_RECIPE, ensemble_members=MEMBERS, views=2)
+    on_shared_views, _ = classification.train(train_gt, folder, shared)
+    on_own_views, _ = classification.train(train_gt, folder, dataclasses.replace(shared, member_views=True))
+    later, changed = 0, 0
+    for layer in on_shared_views.layers:
+        pairs = list(zip(layer.get_weights(), on_own_views.get_layer(layer.name).get_weights()))
+        if layer.name.endswith(f"_member_{MEMBERS}"):
+            later += bool(pairs)
+            changed += any(not np.array_equal(first, second) for first, second in pairs)
+        else:
+            for first, second in pairs:
+                np.testing.assert_array_equal(second, first, err_msg=layer.name)
+    assert later > 0 and changed > 0
+
+
 def _images(count):
     return np.random.default_rng(0).integers(0, 256, (count, 224, 224, 3)).astype("float32")
