@@ -77,7 +77,7 @@ def test_an_ensemble_round_trips_through_save_model_and_plain_load_model(trained
 def test_members_with_views_of_their_own_share_the_first_member_and_differ_after(train_set):
     train_gt, folder = train_set
     # Two views, so that a member's own views (the augmented ones) can differ from the first member's.
-    shared = dataclasses.replace(classification.FAST_RECIPE, ensemble_members=MEMBERS, views=2)
+    shared = dataclasses.replace(classification.FAST_RECIPE, ensemble_members=MEMBERS, views=2, member_views=False)
     on_shared_views, _ = classification.train(train_gt, folder, shared)
     on_own_views, _ = classification.train(train_gt, folder, dataclasses.replace(shared, member_views=True))
     later, changed = 0, 0

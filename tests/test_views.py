@@ -9,6 +9,7 @@ import pytest
 from conftest import NUM_CLASSES, SMALL_IMAGE_SIZE, write_images
 
 import classification
+from studies import cv_study
 
 
 @pytest.fixture
@@ -91,6 +92,13 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
 def test_recipe_refuses_counts_that_are_not_counts(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(classification.RECIPE, **{field: value})
+
+
+def test_every_cross_validation_variant_is_a_valid_changed_copy_of_the_recipe():
+    # A misspelt field or a refused value would otherwise surface only after a fold's caching.
+    for name, changes in cv_study.VARIANTS.items():
+        variant = dataclasses.replace(classification.RECIPE, **changes)
+        assert {field: getattr(variant, field) for field in changes} == changes, name
 
 
 @pytest.mark.parametrize("field, value", [("crop_views", 1), ("mixup_alpha", 0.0), ("cutmix_alpha", 1.0)])
