@@ -40,9 +40,9 @@ DEFAULT_FOLDS = (0, 1, 2)
 # Seeds the fold assignment, apart from the recipe's seed, so that every variant sees the same folds.
 FOLD_SEED = 0
 
-# The recipe before issue 15 gave each of its two members views of its own and 20 fine-tuning epochs: the
-# one-model variants below were measured against it (studies/README.md) and keep its settings, so that their
-# names still give the figures logged for them.
+# The recipe as it was until issue 15 gave each of its two members views of its own and 20 fine-tuning
+# epochs: 32 epochs, both members on the same views. The one-model variants below were measured with its 32
+# epochs (studies/README.md) and keep its settings, so that their names still give the figures logged for them.
 BEFORE_OWN_VIEWS = {"fine_tune_epochs": 32, "member_views": False}
 # Changes to the recipe, by name. "recipe" is RECIPE itself, the committed model's recipe.
 VARIANTS = {
