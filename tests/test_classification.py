@@ -89,6 +89,25 @@ def test_training_leaves_the_backbone_batch_normalization_as_imagenet_made_it(tr
             np.testing.assert_array_equal(trained_weights, original_weights, err_msg=layer.name)
 
 
+@pytest.mark.parametrize("fine_tune_depthwise", [False, True])
+def test_fine_tuning_moves_the_depthwise_kernels_only_when_the_recipe_says_so(train_set, fine_tune_depthwise):
+    train_gt, folder = train_set
+    recipe = dataclasses.replace(classification.FAST_RECIPE, fine_tune_depthwise=fine_tune_depthwise)
+    model, _ = classification.train(train_gt, folder, recipe)
+    imagenet = keras.applications.MobileNetV2(input_shape=model.input_shape[1:], include_top=False, weights="imagenet")
+    upper = imagenet.layers[imagenet.layers.index(imagenet.get_layer(recipe.split_layer)) + 1 :]
+    moved = {
+        layer.name: not np.array_equal(model.get_layer(layer.name).get_weights()[0], layer.get_weights()[0])
+        for layer in upper
+        # Keras 2's DepthwiseConv2D is a Conv2D, Keras 3's is not.
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+    }
+    depthwise = [layer.name for layer in upper if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    assert len(depthwise) == 11 and len(moved) == 34
+    assert [name for name in depthwise if moved[name]] == (depthwise if fine_tune_depthwise else [])
+    assert all(moved[name] for name in moved if name not in depthwise)
+
+
 def test_train_gt_naming_missing_files_lists_them_all(train_set):
     train_gt, folder = train_set
     broken_gt = dict(train_gt, **{"missing_1.jpg": 0, "missing_2.jpg": 1})

@@ -87,6 +87,7 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("ema_momentum", 1.0),
         ("ema_momentum", -0.1),
         ("member_views", 1),
+        ("fine_tune_depthwise", "no"),
     ],
 )
 def test_recipe_refuses_counts_that_are_not_counts(field, value):
