@@ -32,7 +32,8 @@ image; their activations are cached in memory (float16), and the upper blocks pl
 trained for many epochs on those cached tensors, each epoch drawing one random view per image:
 
     1. the head only, the whole backbone frozen (`Recipe.head_learning_rate`);
-    2. the upper blocks unfrozen, their BatchNormalization still in inference mode, with a
+    2. the upper blocks' 1x1 convolutions unfrozen (their depthwise kernels too where
+       `Recipe.fine_tune_depthwise`), their BatchNormalization still in inference mode, with a
        smaller learning rate (`Recipe.fine_tune_learning_rate`), cosine-decayed to zero over
        the last epoch, whose weights are kept. (A recipe with a validation split can keep the
        epoch with the best validation accuracy instead, in memory, never on disk.)
@@ -258,7 +259,8 @@ class Recipe:
     fine_tune_learning_rate: float = 1e-4
     # AdamW's decoupled weight decay: each step shrinks the weights by learning rate x weight_decay, at most
     # 1e-8 here and about 5e-6 over all of fine-tuning, so it hardly acts. What keeps the fine-tuned filters
-    # near their ImageNet values (at most 6.4 % away, studies/weight_drift.py) is the small learning rate.
+    # near their ImageNet values (1.3-6.5 % away in birds_model.hdf5, studies/weight_drift.py) is the small
+    # learning rate.
     # Left as it is, so that the recipe reproduces birds_model.hdf5; a decay that did regularise would need
     # a value near 1.
     weight_decay: float = 1e-4
