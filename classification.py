@@ -103,6 +103,8 @@ IMAGE_EXTENSIONS = (
     JPEG_EXTENSIONS + (".png", ".bmp", ".gif", ".webp", ".tif", ".tiff") + HEIF_EXTENSIONS + AVIF_EXTENSIONS
 )
 
+# What `ensemble` appends to the names of the later members' layers, before the member's number ("_member_2").
+MEMBER_SUFFIX = "_member_"
 # Small enough for 2 cores to keep busy without large memory peaks, large enough for stable
 # BatchNormalization statistics in the head.
 BATCH_SIZE = 32
@@ -582,7 +584,9 @@ def ensemble(members, split_layer=RECIPE.split_layer):
     for number, member in enumerate(members[1:], start=2):
         upper = member.layers[member.layers.index(member.get_layer(split_layer)) + 1 :]
         copies = {
-            layer.name: layer.__class__.from_config(dict(layer.get_config(), name=f"{layer.name}_member_{number}"))
+            layer.name: layer.__class__.from_config(
+                dict(layer.get_config(), name=f"{layer.name}{MEMBER_SUFFIX}{number}")
+            )
             for layer in upper
         }
         outputs.append(_call_after(member, split_layer, split, copies))

@@ -23,8 +23,6 @@ import run
 # The kinds of fine-tuned convolution, by the exact layer type Keras gives them (Keras 2's DepthwiseConv2D is
 # a subclass of Conv2D, Keras 3's is not).
 KINDS = {"1 x 1 (expand, project, Conv_1)": layers.Conv2D, "3 x 3 depthwise": layers.DepthwiseConv2D}
-# What `classification.ensemble` appends to the names of the later members' layers, before the member's number.
-MEMBER_SUFFIX = "_member_"
 
 
 def main():
@@ -37,8 +35,10 @@ def main():
     imagenet = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights="imagenet")
     upper = imagenet.layers[imagenet.layers.index(imagenet.get_layer(classification.RECIPE.split_layer)) + 1 :]
     names = {layer.name for layer in model.layers}
-    numbers = sorted({int(name.rsplit(MEMBER_SUFFIX, 1)[1]) for name in names if MEMBER_SUFFIX in name})
-    members = [""] + [f"{MEMBER_SUFFIX}{number}" for number in numbers]
+    numbers = sorted(
+        {int(name.rsplit(classification.MEMBER_SUFFIX, 1)[1]) for name in names if classification.MEMBER_SUFFIX in name}
+    )
+    members = [""] + [f"{classification.MEMBER_SUFFIX}{number}" for number in numbers]
     print("| member | convolutions | layers | smallest change | median | largest |")
     print("|---|---|---|---|---|---|")
     for number, suffix in enumerate(members, start=1):
