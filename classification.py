@@ -582,7 +582,7 @@ def ensemble(members, split_layer=RECIPE.split_layer):
     split = first.get_layer(split_layer).output
     outputs = [first.output]
     for number, member in enumerate(members[1:], start=2):
-        upper = member.layers[member.layers.index(member.get_layer(split_layer)) + 1 :]
+        upper = layers_after(member, split_layer)
         copies = {
             layer.name: layer.__class__.from_config(
                 dict(layer.get_config(), name=f"{layer.name}{MEMBER_SUFFIX}{number}")
@@ -594,6 +594,12 @@ def ensemble(members, split_layer=RECIPE.split_layer):
             copies[layer.name].set_weights(layer.get_weights())
     averaged = layers.Average(name="ensemble_average")(outputs)
     return keras.Model(first.inputs, averaged, name=first.name)
+
+
+def layers_after(model, layer_name):
+    """The layers of `model` after `layer_name`, in the model's topological order: with
+    `Recipe.split_layer`, the upper part that fine-tuning trains and that `ensemble` copies."""
+    return model.layers[model.layers.index(model.get_layer(layer_name)) + 1 :]
 
 
 def bird_boxes(model, paths):
@@ -932,11 +938,9 @@ def _call_after(model, layer_name, features, replacements=None):
     of that layer's output; return what stands for `model`'s output. `replacements` ({layer name: layer})
     names the layers called in place of some, such as copies."""
     replacements = replacements or {}
-    start = model.get_layer(layer_name)
     # Inputs and outputs of the original graph, read before any layer gets a second call.
-    later = model.layers[model.layers.index(start) + 1 :]
-    wiring = [(layer, layer.input, layer.output) for layer in later]
-    new_tensors = {id(start.output): features}
+    wiring = [(layer, layer.input, layer.output) for layer in layers_after(model, layer_name)]
+    new_tensors = {id(model.get_layer(layer_name).output): features}
     for layer, inputs, output in wiring:
         called = replacements.get(layer.name, layer)
         if isinstance(inputs, list):

@@ -33,7 +33,7 @@ def main():
     model = run.load_model(args.model)
     size = classification.IMAGE_SIZE
     imagenet = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights="imagenet")
-    upper = imagenet.layers[imagenet.layers.index(imagenet.get_layer(classification.RECIPE.split_layer)) + 1 :]
+    upper = classification.layers_after(imagenet, classification.RECIPE.split_layer)
     names = {layer.name for layer in model.layers}
     numbers = sorted(
         {int(name.rsplit(classification.MEMBER_SUFFIX, 1)[1]) for name in names if classification.MEMBER_SUFFIX in name}

@@ -95,7 +95,7 @@ def test_fine_tuning_moves_the_depthwise_kernels_only_when_the_recipe_says_so(tr
     recipe = dataclasses.replace(classification.FAST_RECIPE, fine_tune_depthwise=fine_tune_depthwise)
     model, _ = classification.train(train_gt, folder, recipe)
     imagenet = keras.applications.MobileNetV2(input_shape=model.input_shape[1:], include_top=False, weights="imagenet")
-    upper = imagenet.layers[imagenet.layers.index(imagenet.get_layer(recipe.split_layer)) + 1 :]
+    upper = classification.layers_after(imagenet, recipe.split_layer)
     moved = {
         layer.name: not np.array_equal(model.get_layer(layer.name).get_weights()[0], layer.get_weights()[0])
         for layer in upper

@@ -132,8 +132,7 @@ def test_weight_averaging_is_deterministic_and_changes_only_the_fine_tuned_weigh
         for layer, other in zip(first.layers, without.layers)
         if any((a != b).any() for a, b in zip(layer.get_weights(), other.get_weights()))
     ]
-    names = [layer.name for layer in first.layers]
-    fine_tuned = names[names.index(plain.split_layer) + 1 :]
+    fine_tuned = [layer.name for layer in classification.layers_after(first, plain.split_layer)]
     assert changed and set(changed) <= set(fine_tuned)
 
 
