@@ -386,6 +386,7 @@ def train(train_gt, train_img_dir, recipe=RECIPE, validation=None):
         validation_paths, validation_labels = _validation_set(validation, num_classes)
 
     model, head_layers = _build_model(num_classes, IMAGE_SIZE, recipe, weights="imagenet")
+    _check_split_layer(model, recipe.split_layer)
     train_paths = [paths[i] for i in train_index]
     # One plain view; with views=1 and no crops no random number is drawn, so the training views,
     # shuffles and weights are the same whatever the validation images.
@@ -948,6 +949,27 @@ def _call_after(model, layer_name, features, replacements=None):
         else:
             new_tensors[id(output)] = called(new_tensors[id(inputs)])
     return new_tensors[id(model.output)]
+
+
+def _check_split_layer(model, layer_name):
+    """A ValueError, before any caching, where `layer_name` is not a layer of `model` or its output is not all
+    that the later layers need: a skip connection that crosses the split would need a second cached tensor."""
+    names = [layer.name for layer in model.layers]
+    if layer_name not in names:
+        raise ValueError(
+            f"Recipe.split_layer={layer_name!r} is not a layer of the model (expected a backbone layer such as "
+            f"{RECIPE.split_layer!r})"
+        )
+    upper = layers_after(model, layer_name)
+    available = {id(model.get_layer(layer_name).output)} | {id(layer.output) for layer in upper}
+    for layer in upper:
+        inputs = layer.input if isinstance(layer.input, list) else [layer.input]
+        if any(id(tensor) not in available for tensor in inputs):
+            raise ValueError(
+                f"Recipe.split_layer={layer_name!r}: the later layer {layer.name!r} also takes a tensor from before "
+                f"it (a skip connection crosses the split); expected a layer whose output is all the later "
+                f"layers need, such as {RECIPE.split_layer!r} or another 'block_N_add'"
+            )
 
 
 def _freeze_batch_normalization(model_layers):

@@ -167,3 +167,34 @@ def test_a_recipe_with_a_validation_split_keeps_its_best_epoch(train_set, capsys
     assert "Kept the weights of epoch 1" in capsys.readouterr().out
     assert history["fine_tune"]["kept_epoch"] == 0 and "val_accuracy" in history["fine_tune"]
     assert sorted(classification.classify(model, folder)) == sorted(train_gt)
+
+
+@pytest.mark.parametrize(
+    "split_layer, expected",
+    # block_5_project_BN: block_5_add after it also takes block_4_add, a skip connection across the split.
+    [("no_such_layer", "not a layer"), ("block_5_project_BN", "skip connection crosses")],
+)
+def test_a_split_layer_that_cannot_split_the_model_is_refused_before_caching(train_set, capsys, split_layer, expected):
+    train_gt, folder = train_set
+    recipe = dataclasses.replace(classification.FAST_RECIPE, split_layer=split_layer)
+    with pytest.raises(ValueError, match=f"{split_layer}.*{expected}"):
+        classification.train(train_gt, folder, recipe)
+    assert "Caching" not in capsys.readouterr().out
+
+
+def test_a_later_split_fine_tunes_only_the_layers_after_it(train_set):
+    train_gt, folder = train_set
+    recipe = dataclasses.replace(classification.FAST_RECIPE, split_layer="block_9_add")
+    model, _ = classification.train(train_gt, folder, recipe)
+    imagenet = keras.applications.MobileNetV2(input_shape=model.input_shape[1:], include_top=False, weights="imagenet")
+    upper = {layer.name for layer in classification.layers_after(imagenet, recipe.split_layer)}
+    moved = {
+        layer.name
+        for layer in imagenet.layers
+        if layer.weights
+        and any(
+            not np.array_equal(a, b) for a, b in zip(model.get_layer(layer.name).get_weights(), layer.get_weights())
+        )
+    }
+    assert moved and moved <= upper and "block_9_expand" not in moved and "block_10_expand" in moved
+    assert sorted(classification.classify(model, folder)) == sorted(train_gt)
