@@ -88,6 +88,9 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("ema_momentum", -0.1),
         ("member_views", 1),
         ("fine_tune_depthwise", "no"),
+        ("train_image_size", 200),
+        ("train_image_size", 0),
+        ("train_image_size", True),
     ],
 )
 def test_recipe_refuses_counts_that_are_not_counts(field, value):
@@ -102,7 +105,9 @@ def test_every_cross_validation_variant_is_a_valid_changed_copy_of_the_recipe():
         assert {field: getattr(variant, field) for field in changes} == changes, name
 
 
-@pytest.mark.parametrize("field, value", [("crop_views", 1), ("mixup_alpha", 0.0), ("cutmix_alpha", 1.0)])
+@pytest.mark.parametrize(
+    "field, value", [("crop_views", 1), ("mixup_alpha", 0.0), ("cutmix_alpha", 1.0), ("train_image_size", 96)]
+)
 def test_a_lever_is_deterministic_and_changes_training(train_set, field, value):
     train_gt, folder = train_set
     variant = dataclasses.replace(classification.FAST_RECIPE, **{field: value})
@@ -116,6 +121,21 @@ def test_a_lever_is_deterministic_and_changes_training(train_set, field, value):
     assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
     assert any((a != b).any() for a, b in zip(first.get_weights(), without.get_weights()))
     assert sorted(classification.classify(first, folder)) == sorted(train_gt)
+
+
+def test_a_model_trained_at_a_smaller_size_takes_and_labels_full_size_images(train_set, tmp_path):
+    train_gt, folder = train_set
+    recipe = dataclasses.replace(classification.FAST_RECIPE, train_image_size=96, crop_views=1)
+    model, _ = classification.train(train_gt, folder, recipe)
+    assert model.input_shape == (None, classification.IMAGE_SIZE, classification.IMAGE_SIZE, 3)
+    path = str(tmp_path / "model.hdf5")
+    classification.save_model(model, path)
+    loaded = keras.models.load_model(path)
+    paths = [os.path.join(folder, name) for name in sorted(train_gt)]
+    np.testing.assert_allclose(
+        classification.predict_probabilities(loaded, paths)[1], classification.predict_probabilities(model, paths)[1]
+    )
+    assert sorted(classification.classify(loaded, folder)) == sorted(train_gt)
 
 
 def test_weight_averaging_is_deterministic_and_changes_only_the_fine_tuned_weights(train_set):
