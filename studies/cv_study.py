@@ -58,7 +58,7 @@ VARIANTS = {
     "recipe before frozen depthwise": BEFORE_FROZEN_DEPTHWISE,
     # Issue 15's time limit: caching is about a quarter of a full training on 2 cores (16 passes of the lower
     # part over 1500 photos, about 15 s each); 4 views a member halve it, each view drawn 5 times in 20 epochs
-    # instead of 2.5.
+    # instead of 2.5. Fold 0 only: 0.910 against 0.933, folds 1-2 not run (studies/README.md).
     "4 views": {"views": 4},
     # Issue 15's time limit: fine-tuning is about two thirds of a full training. Blocks 6-9 frozen too (the
     # split at 14 x 14 x 64 maps instead of 28 x 28 x 32): a training step of 32 maps took 29 % less time
@@ -66,7 +66,7 @@ VARIANTS = {
     "split at block_9_add": {"split_layer": "block_9_add"},
     "4 views, split at block_9_add": {"views": 4, "split_layer": "block_9_add"},
     # Issue 15's time limit and FixRes: caching and fine-tuning on 192-pixel images, about 73 % of the time of
-    # every pass, the saved model still taking 224.
+    # every pass, the saved model still taking 224. 0.912 against 0.922: not adopted (studies/README.md).
     "train at 192 px": {"train_image_size": 192},
 }
 VARIANTS.update(
