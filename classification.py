@@ -210,7 +210,7 @@ class Recipe:
     # IMAGE_SIZE. Random zooms make birds look larger in training than at test time, and FixRes (Touvron
     # et al. 2019) found that training below the test size makes up for it. Every pass, caching and
     # fine-tuning alike, costs about (train_image_size / IMAGE_SIZE) ** 2 of its time at IMAGE_SIZE: 192 px,
-    # 73 %. Not here: at 192 px 3-fold cross-validation scored 0.912 against 0.922 (0.913 / 0.913 / 0.910
+    # 73 %. It did not pay here: at 192 px 3-fold cross-validation scored 0.912 against 0.922 (0.913 / 0.913 / 0.910
     # against 0.933 / 0.913 / 0.920), 19-21 minutes a fold where the recipe would take about 28 on that machine
     # (estimated, studies/README.md). A multiple of 32, so that every stride-2 stage of MobileNetV2 halves an
     # even side.
