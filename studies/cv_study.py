@@ -63,8 +63,8 @@ VARIANTS = {
     # Issue 15's time limit: fine-tuning is about two thirds of a full training. Blocks 6-9 frozen too (the
     # split at 14 x 14 x 64 maps instead of 28 x 28 x 32): a training step of 32 maps took 29 % less time
     # on 2 cores (719 ms against 1015, both beside a training); caching, a third more lower-part work a view, ran
-    # at 24 ms an image against 25 at block_5_add on one machine. Folds 0-1: 0.927 / 0.917 against the recipe's
-    # 0.933 / 0.913, 20.2-20.4 minutes a fold against about 28 (estimated; studies/README.md).
+    # at 24 ms an image against 25 at block_5_add on one machine. 0.919 (0.927 / 0.917 / 0.913) against the
+    # recipe's 0.922, 19.9-20.4 minutes a fold against about 28 (estimated): not adopted (studies/README.md).
     "split at block_9_add": {"split_layer": "block_9_add"},
     "4 views, split at block_9_add": {"views": 4, "split_layer": "block_9_add"},
     # Issue 15's time limit and FixRes: caching and fine-tuning on 192-pixel images, about 73 % of the time of
