@@ -168,6 +168,13 @@ MIX_SWITCH_PROBABILITY = 0.5
 # Batches decoded ahead of the model: enough to hide a slow file, few enough that memory stays
 # flat in the number of images.
 PREFETCH_BATCHES = 4
+# Threads that assemble the cached training batches (and mix them) while a training step runs, under Keras 3
+# (`keras.utils.PyDataset`'s `workers`). With one, Keras 3 on TensorFlow feeds `fit` through tf.data's
+# autotuned prefetch, whose iterator, replaced at each epoch, kept every core idle for up to an epoch's time
+# while it was torn down: half of the fine-tuning epochs took 20-21 s instead of 10-11 (studies/README.md).
+# With two, Keras's own ordered queue feeds it, in the same order, so the weights come out the same. Keras 2's
+# `Sequence` takes no such argument, and its `fit` always used a queue and never stalled.
+BATCH_WORKERS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1109,7 +1116,7 @@ class _CachedViews(keras.utils.Sequence):
     (Keras 3 calls it PyDataset)."""
 
     def __init__(self, views, targets, decoded, batch_size, rng=None, mixup_alpha=0.0, cutmix_alpha=0.0):
-        super().__init__()
+        super().__init__(**({} if keras.__version__.startswith("2.") else {"workers": BATCH_WORKERS}))
         self.views, self.targets, self.batch_size, self.rng = views, targets, batch_size, rng
         self.mixup_alpha = mixup_alpha if rng is not None else 0.0
         self.cutmix_alpha = cutmix_alpha if rng is not None else 0.0

@@ -106,7 +106,9 @@ def test_every_cross_validation_variant_is_a_valid_changed_copy_of_the_recipe():
 
 
 @pytest.mark.parametrize(
-    "field, value", [("crop_views", 1), ("mixup_alpha", 0.0), ("cutmix_alpha", 1.0), ("train_image_size", 96)]
+    "field, value",
+    # Three epochs: batches assembled by BATCH_WORKERS threads must come in the same order in every epoch.
+    [("crop_views", 1), ("mixup_alpha", 0.0), ("cutmix_alpha", 1.0), ("train_image_size", 96), ("fine_tune_epochs", 3)],
 )
 def test_a_lever_is_deterministic_and_changes_training(train_set, field, value):
     train_gt, folder = train_set
