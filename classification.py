@@ -168,6 +168,9 @@ MIX_SWITCH_PROBABILITY = 0.5
 # Batches decoded ahead of the model: enough to hide a slow file, few enough that memory stays
 # flat in the number of images.
 PREFETCH_BATCHES = 4
+# The weights of red, green and blue in a pixel's grey (ITU-R BT.601 luma, what Pillow's "L" mode uses), from
+# which `Recipe.saturation_factor` moves colours.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 # Threads that assemble the cached training batches (and mix them) while a training step runs, under Keras 3
 # (`keras.utils.PyDataset`'s `workers`). With one, Keras 3 on TensorFlow feeds `fit` through tf.data's
 # autotuned prefetch, whose iterator, replaced at each epoch, kept every core idle for up to an epoch's time
@@ -289,6 +292,12 @@ class Recipe:
     translation_factor: float = 0.1
     rotation_factor: float = 0.03
     contrast_factor: float = 0.2
+    # Colour saturation of each augmented view scaled by a factor drawn from 1 +- saturation_factor (each pixel
+    # moved towards or away from its own grey, ITU-R 601 luma), as in torchvision's ColorJitter, whose ImageNet
+    # recipes use 0.4. 0: no change, as in the recipe: with 0.3, 3-fold cross-validation scored 0.921 (0.927 /
+    # 0.927 / 0.910) against 0.922 (0.933 / 0.913 / 0.920), 829 of 900 held-out photos against 830
+    # (studies/README.md). Plumage colour is what tells many of these species apart.
+    saturation_factor: float = 0.0
 
     def __post_init__(self):
         counts = {"views": (self.views, 1), "crop_views": (self.crop_views, 0)}
@@ -306,6 +315,9 @@ class Recipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 bad.append(f"{name}={value!r} (expected a number >= 0)")
+        saturation = self.saturation_factor
+        if isinstance(saturation, bool) or not isinstance(saturation, (int, float)) or not 0 <= saturation <= 1:
+            bad.append(f"saturation_factor={saturation!r} (expected a number from 0 to 1)")
         momentum = self.ema_momentum
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
             bad.append(f"ema_momentum={momentum!r} (expected a number >= 0 and < 1)")
@@ -1400,7 +1412,13 @@ def _augmented(image, recipe, rng):
     view = padded.transform((size, size), Image.Transform.AFFINE, coefficients, resample=Image.Resampling.BILINEAR)
     pixels = np.asarray(view, np.float32)
     mean = pixels.mean(axis=(0, 1))
-    return np.clip((pixels - mean) * contrast + mean, 0, 255).astype(np.uint8)
+    pixels = (pixels - mean) * contrast + mean
+    if recipe.saturation_factor:
+        # Drawn only where asked for, so that a recipe without it draws, and caches, the views it did before.
+        saturation = rng.uniform(1 - recipe.saturation_factor, 1 + recipe.saturation_factor)
+        grey = (pixels @ LUMA_WEIGHTS)[..., None]
+        pixels = grey + (pixels - grey) * saturation
+    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
 def _to_rgb(image):

@@ -91,6 +91,9 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("train_image_size", 200),
         ("train_image_size", 0),
         ("train_image_size", True),
+        ("saturation_factor", -0.1),
+        ("saturation_factor", 1.5),
+        ("saturation_factor", "0.3"),
     ],
 )
 def test_recipe_refuses_counts_that_are_not_counts(field, value):
@@ -107,19 +110,25 @@ def test_every_cross_validation_variant_is_a_valid_changed_copy_of_the_recipe():
 
 @pytest.mark.parametrize(
     "field, value",
-    # Three epochs: batches assembled by BATCH_WORKERS threads must come in the same order in every epoch.
-    [("crop_views", 1), ("mixup_alpha", 0.0), ("cutmix_alpha", 1.0), ("train_image_size", 96), ("fine_tune_epochs", 3)],
+    [
+        ("crop_views", 1),
+        ("mixup_alpha", 0.0),
+        ("cutmix_alpha", 1.0),
+        ("train_image_size", 96),
+        # Three epochs: batches assembled by BATCH_WORKERS threads must come in the same order in every epoch.
+        ("fine_tune_epochs", 3),
+        ("saturation_factor", 0.3),
+    ],
 )
 def test_a_lever_is_deterministic_and_changes_training(train_set, field, value):
     train_gt, folder = train_set
-    variant = dataclasses.replace(classification.FAST_RECIPE, **{field: value})
-    assert (
-        dataclasses.replace(variant, **{field: getattr(classification.FAST_RECIPE, field)})
-        == classification.FAST_RECIPE
-    )
+    # Two views: the first is the plain image, so a lever of the augmentation acts on the second only.
+    base = dataclasses.replace(classification.FAST_RECIPE, views=2)
+    variant = dataclasses.replace(base, **{field: value})
+    assert dataclasses.replace(variant, **{field: getattr(base, field)}) == base
     first, _ = classification.train(train_gt, folder, variant)
     second, _ = classification.train(train_gt, folder, variant)
-    without, _ = classification.train(train_gt, folder, classification.FAST_RECIPE)
+    without, _ = classification.train(train_gt, folder, base)
     assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
     assert any((a != b).any() for a, b in zip(first.get_weights(), without.get_weights()))
     assert sorted(classification.classify(first, folder)) == sorted(train_gt)
