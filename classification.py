@@ -299,6 +299,11 @@ class Recipe:
     # (studies/README.md). Plumage colour is what tells many of these species apart.
     saturation_factor: float = 0.0
 
+    @staticmethod
+    def _is_number(value):
+        """A Python int or float, not a bool (which Python counts as an int): what the rates and factors take."""
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
     def __post_init__(self):
         counts = {"views": (self.views, 1), "crop_views": (self.crop_views, 0)}
         counts.update(head_epochs=(self.head_epochs, 0), fine_tune_epochs=(self.fine_tune_epochs, 0))
@@ -313,13 +318,13 @@ class Recipe:
             bad.append(f"train_image_size={size!r} (expected a multiple of 32, at least 32)")
         for name in ("mixup_alpha", "cutmix_alpha"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if not self._is_number(value) or value < 0:
                 bad.append(f"{name}={value!r} (expected a number >= 0)")
         saturation = self.saturation_factor
-        if isinstance(saturation, bool) or not isinstance(saturation, (int, float)) or not 0 <= saturation <= 1:
+        if not self._is_number(saturation) or not 0 <= saturation <= 1:
             bad.append(f"saturation_factor={saturation!r} (expected a number from 0 to 1)")
         momentum = self.ema_momentum
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        if not self._is_number(momentum) or not 0 <= momentum < 1:
             bad.append(f"ema_momentum={momentum!r} (expected a number >= 0 and < 1)")
         for name in ("member_views", "fine_tune_depthwise"):
             if not isinstance(getattr(self, name), bool):
@@ -1392,7 +1397,8 @@ def _cropped(image, box):
 
 def _augmented(image, recipe, rng):
     """A random view of a square uint8 image, the same size: flip, zoom in, shift, rotate (one
-    affine resampling, with the borders filled by reflection) and contrast."""
+    affine resampling, with the borders filled by reflection), contrast, and saturation where
+    `recipe.saturation_factor` asks for it."""
     size = image.shape[0]
     # Reflected borders wide enough for the largest shift plus the corner of the largest rotation
     # (22 + 30 px at 224), so that no view shows an empty corner.
