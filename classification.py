@@ -165,6 +165,10 @@ DECODE_THREADS = 2
 # With both mixup and CutMix in a recipe, the share of batches mixed by CutMix: timm's default (`Mixup`'s
 # `switch_prob`), which mixes every batch one way or the other.
 MIX_SWITCH_PROBABILITY = 0.5
+# Random erasing (Zhong et al. 2020, `Recipe.erasing_probability`): the box's share of the map and its height to
+# width ratio are drawn from these ranges, the authors' values (the ratio's logarithm uniform, as in timm).
+ERASING_AREA = (0.02, 0.4)
+ERASING_ASPECT = (0.3, 1 / 0.3)
 # Batches decoded ahead of the model: enough to hide a slow file, few enough that memory stays
 # flat in the number of images.
 PREFETCH_BATCHES = 4
@@ -216,8 +220,11 @@ class Recipe:
     # only, for about 20 s more per epoch. No skip connection crosses this point, so its output
     # is all the upper part needs.
     split_layer: str = "block_5_add"
-    # Side of the square images that training caches and fine-tunes on; the saved model always takes
-    # IMAGE_SIZE. Random zooms make birds look larger in training than at test time, and FixRes (Touvron
+    # Side of the square images the saved model takes (`classify` and `predict` resize every photo to it).
+    # MobileNetV2's layers take any side. Keras loads the ImageNet weights trained at IMAGE_SIZE for any side
+    # but 96, 128, 160 and 192, for which it has (and downloads) weights trained at that side.
+    image_size: int = IMAGE_SIZE
+    # Side of the square images that training caches and fine-tunes on; the saved model takes `image_size`. Random zooms make birds look larger in training than at test time, and FixRes (Touvron
     # et al. 2019) found that training below the test size makes up for it. Every pass, caching and
     # fine-tuning alike, costs about (train_image_size / IMAGE_SIZE) ** 2 of its time at IMAGE_SIZE: 192 px,
     # 73 %. It did not pay here: at 192 px 3-fold cross-validation scored 0.912 against 0.922 (0.913 / 0.913 / 0.910
@@ -298,6 +305,10 @@ class Recipe:
     # 0.927 / 0.910) against 0.922 (0.933 / 0.913 / 0.920), 829 of 900 held-out photos against 830
     # (studies/README.md). Plumage colour is what tells many of these species apart.
     saturation_factor: float = 0.0
+    # Random erasing on the cached maps (Zhong et al. 2020, issue 15's (e)): each map of each batch, with this
+    # probability, has a random box (ERASING_AREA of it, ERASING_ASPECT) set to zero after any mixing, a hole
+    # that makes the upper part look at more than one part of the bird. 0: none, as in the recipe.
+    erasing_probability: float = 0.0
 
     @staticmethod
     def _is_number(value):
@@ -313,16 +324,18 @@ class Recipe:
             for name, (value, least) in counts.items()
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least
         ]
-        size = self.train_image_size
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32 or size % 32:
-            bad.append(f"train_image_size={size!r} (expected a multiple of 32, at least 32)")
+        for name in ("image_size", "train_image_size"):
+            size = getattr(self, name)
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32 or size % 32:
+                bad.append(f"{name}={size!r} (expected a multiple of 32, at least 32)")
         for name in ("mixup_alpha", "cutmix_alpha"):
             value = getattr(self, name)
             if not self._is_number(value) or value < 0:
                 bad.append(f"{name}={value!r} (expected a number >= 0)")
-        saturation = self.saturation_factor
-        if not self._is_number(saturation) or not 0 <= saturation <= 1:
-            bad.append(f"saturation_factor={saturation!r} (expected a number from 0 to 1)")
+        for name in ("saturation_factor", "erasing_probability"):
+            value = getattr(self, name)
+            if not self._is_number(value) or not 0 <= value <= 1:
+                bad.append(f"{name}={value!r} (expected a number from 0 to 1)")
         momentum = self.ema_momentum
         if not self._is_number(momentum) or not 0 <= momentum < 1:
             bad.append(f"ema_momentum={momentum!r} (expected a number >= 0 and < 1)")
@@ -421,7 +434,7 @@ def train(train_gt, train_img_dir, recipe=RECIPE, validation=None):
     if validation is not None:
         validation_paths, validation_labels = _validation_set(validation, num_classes)
 
-    model, head_layers = _build_model(num_classes, IMAGE_SIZE, recipe, weights="imagenet")
+    model, head_layers = _build_model(num_classes, recipe.image_size, recipe, weights="imagenet")
     _check_split_layer(model, recipe.split_layer)
     train_paths = [paths[i] for i in train_index]
     # One plain view; with views=1 and no crops no random number is drawn, so the training views,
@@ -442,7 +455,7 @@ def train(train_gt, train_img_dir, recipe=RECIPE, validation=None):
         # Each later member is built after the one before it has trained, so that the first member, and
         # so a one-member recipe, draws the same random numbers whatever the number of members.
         if member:
-            model, head_layers = _build_model(num_classes, IMAGE_SIZE, recipe, weights="imagenet")
+            model, head_layers = _build_model(num_classes, recipe.image_size, recipe, weights="imagenet")
         if not member or recipe.member_views:
             # The member before's views are let go before the next are made: one set in memory at a time.
             train_data = None
@@ -1119,7 +1132,10 @@ def _training_data(model, paths, targets, recipe, rng, image_dir):
     views, decoded = _cached_views(model, paths, recipe, rng, "train")
     if not decoded.any():
         raise ValueError(f"None of the {len(paths)} training images in {image_dir!r} could be decoded.")
-    return _CachedViews(views, targets, decoded, BATCH_SIZE, rng, recipe.mixup_alpha, recipe.cutmix_alpha)
+    mixing = dict(mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha)
+    return _CachedViews(
+        views, targets, decoded, BATCH_SIZE, rng, erasing_probability=recipe.erasing_probability, **mixing
+    )
 
 
 class _CachedViews(keras.utils.Sequence):
@@ -1127,16 +1143,20 @@ class _CachedViews(keras.utils.Sequence):
     shuffles (when given `rng`) and draws one random view of each image, and mixes each batch with a
     shuffled copy of itself, targets alike: with `mixup_alpha` > 0 by a weight drawn from
     Beta(mixup_alpha, mixup_alpha) (manifold mixup at the cached layer), with `cutmix_alpha` > 0 by
-    pasting a box of the copy's maps (CutMix), with both one or the other (MIX_SWITCH_PROBABILITY).
+    pasting a box of the copy's maps (CutMix), with both one or the other (MIX_SWITCH_PROBABILITY); then, with
+    `erasing_probability` > 0, zeroes a random box of that share of the maps (random erasing).
 
     `keras.utils.Sequence` is the one batch source that Keras 2 and every Keras 3 backend share
     (Keras 3 calls it PyDataset)."""
 
-    def __init__(self, views, targets, decoded, batch_size, rng=None, mixup_alpha=0.0, cutmix_alpha=0.0):
+    def __init__(
+        self, views, targets, decoded, batch_size, rng=None, mixup_alpha=0.0, cutmix_alpha=0.0, erasing_probability=0.0
+    ):
         super().__init__(**({} if keras.__version__.startswith("2.") else {"workers": BATCH_WORKERS}))
         self.views, self.targets, self.batch_size, self.rng = views, targets, batch_size, rng
         self.mixup_alpha = mixup_alpha if rng is not None else 0.0
         self.cutmix_alpha = cutmix_alpha if rng is not None else 0.0
+        self.erasing_probability = erasing_probability if rng is not None else 0.0
         self.order = np.flatnonzero(decoded)
         self.view_of = np.zeros(len(targets), int)
         self.on_epoch_end()
@@ -1155,6 +1175,9 @@ class _CachedViews(keras.utils.Sequence):
                 top, bottom, left, right = box
                 inputs[:, top:bottom, left:right] = inputs[partners, top:bottom, left:right]
             targets = weight * targets + (1 - weight) * targets[partners]
+        if self.erasing_probability > 0:
+            for sample, (top, bottom, left, right) in self.erased[batch]:
+                inputs[sample, top:bottom, left:right] = 0
         return inputs, targets
 
     def on_epoch_end(self):
@@ -1163,21 +1186,30 @@ class _CachedViews(keras.utils.Sequence):
             self.view_of = self.rng.integers(len(self.views), size=len(self.targets))
         # Drawn here, not per batch, so that the mixing does not depend on the order Keras asks
         # for batches in; mixup's draws come first, so a recipe without CutMix draws what it drew before it.
+        sizes = [
+            len(self.order[start : start + self.batch_size]) for start in range(0, len(self.order), self.batch_size)
+        ]
         if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
             self.mix_weights = (
                 self.rng.beta(self.mixup_alpha, self.mixup_alpha, size=len(self))
                 if self.mixup_alpha > 0
                 else np.ones(len(self))
             )
-            sizes = [
-                len(self.order[start : start + self.batch_size]) for start in range(0, len(self.order), self.batch_size)
-            ]
             self.partners = [self.rng.permutation(size) for size in sizes]
             self.boxes = [None] * len(self)
             if self.cutmix_alpha > 0:
                 share = MIX_SWITCH_PROBABILITY if self.mixup_alpha > 0 else 1.0
                 for batch in np.flatnonzero(self.rng.random(len(self)) < share):
                     self.boxes[batch], self.mix_weights[batch] = self._cutmix_box()
+        # After the mixing's draws, so that a recipe without erasing draws what it drew before it.
+        if self.erasing_probability > 0:
+            self.erased = [
+                [
+                    (sample, self._erasing_box())
+                    for sample in np.flatnonzero(self.rng.random(size) < self.erasing_probability)
+                ]
+                for size in sizes
+            ]
 
     def _cutmix_box(self):
         """A box of the maps, (top, bottom, left, right), covering 1 - w of them for w drawn from
@@ -1190,6 +1222,17 @@ class _CachedViews(keras.utils.Sequence):
         top, bottom = max(centre_y - half_height, 0), min(centre_y + half_height, height)
         left, right = max(centre_x - half_width, 0), min(centre_x + half_width, width)
         return (top, bottom, left, right), 1 - (bottom - top) * (right - left) / (height * width)
+
+    def _erasing_box(self):
+        """A box of the maps, (top, bottom, left, right), of a share of them drawn from ERASING_AREA and a height to
+        width ratio from ERASING_ASPECT, wholly inside them (timm's `RandomErasing`, on maps instead of pixels)."""
+        height, width = self.views.shape[2:4]
+        area = self.rng.uniform(*ERASING_AREA) * height * width
+        aspect = math.exp(self.rng.uniform(*np.log(ERASING_ASPECT)))
+        box_height = min(max(round(math.sqrt(area * aspect)), 1), height)
+        box_width = min(max(round(math.sqrt(area / aspect)), 1), width)
+        top, left = self.rng.integers(height - box_height + 1), self.rng.integers(width - box_width + 1)
+        return top, top + box_height, left, left + box_width
 
 
 class _KeepBestEpoch(keras.callbacks.Callback):

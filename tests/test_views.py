@@ -91,9 +91,15 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("train_image_size", 200),
         ("train_image_size", 0),
         ("train_image_size", True),
+        ("image_size", 200),
+        ("image_size", 0),
+        ("image_size", True),
         ("saturation_factor", -0.1),
         ("saturation_factor", 1.5),
         ("saturation_factor", "0.3"),
+        ("erasing_probability", 1.5),
+        ("erasing_probability", -0.5),
+        ("erasing_probability", None),
     ],
 )
 def test_recipe_refuses_counts_that_are_not_counts(field, value):
@@ -118,6 +124,7 @@ def test_every_cross_validation_variant_is_a_valid_changed_copy_of_the_recipe():
         # Three epochs: batches assembled by BATCH_WORKERS threads must come in the same order in every epoch.
         ("fine_tune_epochs", 3),
         ("saturation_factor", 0.3),
+        ("erasing_probability", 0.5),
     ],
 )
 def test_a_lever_is_deterministic_and_changes_training(train_set, field, value):
@@ -134,11 +141,21 @@ def test_a_lever_is_deterministic_and_changes_training(train_set, field, value):
     assert sorted(classification.classify(first, folder)) == sorted(train_gt)
 
 
-def test_a_model_trained_at_a_smaller_size_takes_and_labels_full_size_images(train_set, tmp_path):
+@pytest.mark.parametrize(
+    "changes, saved_size",
+    [
+        # Trained on smaller images, saved at the network's size.
+        ({"train_image_size": 96}, classification.IMAGE_SIZE),
+        # Trained and saved at another size than the network's (one Keras has no ImageNet weights of its own for,
+        # so that it takes the IMAGE_SIZE weights, which the tests' weight cache holds).
+        ({"image_size": 64, "train_image_size": 64}, 64),
+    ],
+)
+def test_a_model_takes_its_recipes_image_size_and_labels_images_of_any_size(train_set, tmp_path, changes, saved_size):
     train_gt, folder = train_set
-    recipe = dataclasses.replace(classification.FAST_RECIPE, train_image_size=96, crop_views=1)
+    recipe = dataclasses.replace(classification.FAST_RECIPE, crop_views=1, **changes)
     model, _ = classification.train(train_gt, folder, recipe)
-    assert model.input_shape == (None, classification.IMAGE_SIZE, classification.IMAGE_SIZE, 3)
+    assert model.input_shape == (None, saved_size, saved_size, 3)
     path = str(tmp_path / "model.hdf5")
     classification.save_model(model, path)
     loaded = keras.models.load_model(path)
@@ -188,6 +205,32 @@ def test_cutmix_pastes_a_box_of_the_partner_and_weighs_the_targets_by_its_area()
             pasted += own_share < 1
         np.testing.assert_allclose(mixed.sum(axis=1), 1.0, atol=1e-6)
     assert pasted > 0
+
+
+def test_random_erasing_zeroes_one_box_of_the_drawn_size_in_about_the_share_of_maps_asked_for():
+    images, height, width, probability = 400, 28, 28, 0.5
+    # Every value 1 + the image's index, so that an erased (zero) cell is told apart from any image's.
+    views = (1 + np.arange(images, dtype=np.float16))[None, :, None, None, None] * np.ones((1, 1, height, width, 2))
+    targets = keras.utils.to_categorical(np.arange(images) % 8, 8)
+    batches = classification._CachedViews(
+        views, targets, np.ones(images, bool), 32, np.random.default_rng(0), erasing_probability=probability
+    )
+    erased = 0
+    for batch in range(len(batches)):
+        inputs, batch_targets = batches[batch]
+        own = batches.order[batch * 32 : (batch + 1) * 32]
+        np.testing.assert_array_equal(batch_targets, targets[own])
+        for row, image in enumerate(own):
+            zero = inputs[row, :, :, 0] == 0
+            assert set(np.unique(inputs[row])) <= {0, 1 + image}
+            if zero.any():
+                erased += 1
+                rows, columns = np.flatnonzero(zero.any(axis=1)), np.flatnonzero(zero.any(axis=0))
+                # One solid box, of a share of the map within ERASING_AREA (up to rounding of its sides).
+                assert zero.sum() == len(rows) * len(columns) == (np.ptp(rows) + 1) * (np.ptp(columns) + 1)
+                assert 0.5 * classification.ERASING_AREA[0] <= zero.mean() <= 1.5 * classification.ERASING_AREA[1]
+    # 400 draws of probability 0.5: 200 expected, 170-230 within three standard deviations.
+    assert 170 <= erased <= 230
 
 
 def test_bird_boxes_give_one_box_inside_the_image_per_decoded_file(small_model, image_paths, tmp_path):
