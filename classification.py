@@ -319,6 +319,11 @@ class Recipe:
         """A Python int or float, not a bool (which Python counts as an int): what the rates and factors take."""
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
+    @staticmethod
+    def _is_integer(value):
+        """A Python or NumPy integer, not a bool: what the counts and sizes take."""
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
     def __post_init__(self):
         counts = {"views": (self.views, 1), "crop_views": (self.crop_views, 0)}
         counts.update(head_epochs=(self.head_epochs, 0), fine_tune_epochs=(self.fine_tune_epochs, 0))
@@ -326,11 +331,11 @@ class Recipe:
         bad = [
             f"{name}={value!r} (expected an integer >= {least})"
             for name, (value, least) in counts.items()
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least
+            if not self._is_integer(value) or value < least
         ]
         for name in ("image_size", "train_image_size"):
             size = getattr(self, name)
-            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32 or size % 32:
+            if not self._is_integer(size) or size < 32 or size % 32:
                 bad.append(f"{name}={size!r} (expected a multiple of 32, at least 32)")
         for name in ("mixup_alpha", "cutmix_alpha"):
             value = getattr(self, name)
@@ -1136,9 +1141,15 @@ def _training_data(model, paths, targets, recipe, rng, image_dir):
     views, decoded = _cached_views(model, paths, recipe, rng, "train")
     if not decoded.any():
         raise ValueError(f"None of the {len(paths)} training images in {image_dir!r} could be decoded.")
-    mixing = dict(mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha)
     return _CachedViews(
-        views, targets, decoded, BATCH_SIZE, rng, erasing_probability=recipe.erasing_probability, **mixing
+        views,
+        targets,
+        decoded,
+        BATCH_SIZE,
+        rng,
+        mixup_alpha=recipe.mixup_alpha,
+        cutmix_alpha=recipe.cutmix_alpha,
+        erasing_probability=recipe.erasing_probability,
     )
 
 
