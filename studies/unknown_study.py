@@ -66,6 +66,9 @@ NOT_BIRD_PHOTOS = (
 FEATURE_LAYER = "head_relu"
 POOLED_LAYER = "head_pooling"
 LOGIT_LAYER = "probabilities"
+# The layer of an ensemble (`classification.ensemble`) that averages its members' probabilities: its inputs are
+# each member's own, from which the scores of the members' disagreement follow.
+ENSEMBLE_LAYER = "ensemble_average"
 # Neighbours for the k-nearest-neighbour score (Sun et al. 2022 take the k-th nearest of the normalised
 # features; with 24 photos a species, a few neighbours).
 NEIGHBOURS = 5
@@ -194,12 +197,16 @@ class _Scorer:
         # One output, so that the product's own pipeline (`predict_probabilities`) runs it; the model's own
         # probabilities last (an ensemble's average; one model's equal the softmax of its logits).
         pooled, features = model.get_layer(POOLED_LAYER).output, model.get_layer(FEATURE_LAYER).output
-        outputs = [pooled, features, model.output]
+        # An ensemble's members' probabilities too, before its own: members fine-tuned on views of their own
+        # may disagree more on a species neither saw than on one both learnt.
+        names = [layer.name for layer in model.layers]
+        members = list(model.get_layer(ENSEMBLE_LAYER).input) if ENSEMBLE_LAYER in names else []
+        outputs = [pooled, features, *members, model.output]
         self.features_model = keras.Model(model.inputs, keras.layers.Concatenate()(outputs))
-        self.pooled_size, self.classes = pooled.shape[-1], model.output_shape[-1]
+        self.pooled_size, self.classes, self.members = pooled.shape[-1], model.output_shape[-1], len(members)
         self.kernel, self.bias = (np.asarray(weight) for weight in model.get_layer(LOGIT_LAYER).get_weights())
         decoded, every = classification.predict_probabilities(self.features_model, train_paths)
-        pooled, features, _ = self._parts(every)
+        pooled, features, _, _ = self._parts(every)
         labels = np.array([fit_gt[train_names[index]] for index in decoded])
         classes = range(self.kernel.shape[1])
         means = np.stack([features[labels == label].mean(axis=0) for label in classes])
@@ -220,9 +227,9 @@ class _Scorer:
             names = sorted(images)
             paths, labels = [os.path.join(image_dir, name) for name in names], [images[name] for name in names]
         decoded, every = classification.predict_probabilities(self.features_model, paths)
-        pooled, features, probabilities = self._parts(every)
+        pooled, features, members, probabilities = self._parts(every)
         _, mirrored = classification.predict_probabilities(self.features_model, paths, ("flipped image",))
-        flip_averaged = (probabilities + self._parts(mirrored)[2]) / 2
+        flip_averaged = (probabilities + self._parts(mirrored)[3]) / 2
         logits = features @ self.kernel + self.bias
         ranked = np.sort(probabilities, axis=1)
         unit = _unit(features)
@@ -236,7 +243,7 @@ class _Scorer:
             # Views of one photo agree less, perhaps, on a species the model never saw.
             "largest probability, image and mirror image averaged": flip_averaged.max(axis=1),
             "margin": ranked[:, -1] - ranked[:, -2],
-            "negative entropy": np.sum(probabilities * np.log(np.maximum(probabilities, 1e-12)), axis=1),
+            "negative entropy": -_entropy(probabilities),
             "largest logit": logits.max(axis=1),
             "negative energy": _logsumexp(logits),
             "cosine to nearest class mean": (unit @ self.class_means.T).max(axis=1),
@@ -251,13 +258,29 @@ class _Scorer:
             f"cosine to {NEIGHBOURS}th nearest training photo (pooled)": similarities[:, -NEIGHBOURS],
             "negative Mahalanobis distance (pooled)": -mahalanobis,
         }
+        if self.members:
+            answers = np.argmax(probabilities, axis=1)
+            # The least that any member gives the ensemble's answer: one doubting member may be enough.
+            scores["smallest member probability of the answer"] = members[:, np.arange(len(answers)), answers].min(0)
+            # The members' disagreement (BALD, Houlsby et al. 2011): the entropy of the average less the members'
+            # mean entropy, the information the members do not share; negated, higher is "known".
+            member_entropy = np.mean([_entropy(member) for member in members], axis=0)
+            scores["negative disagreement of the members"] = member_entropy - _entropy(probabilities)
         if labels is None:
             return scores, []
         return scores, [labels[index] == label for index, label in zip(decoded, np.argmax(probabilities, axis=1))]
 
     def _parts(self, every):
-        """(pooled features, head features, probabilities) of the concatenated output."""
-        return every[:, : self.pooled_size], every[:, self.pooled_size : -self.classes], every[:, -self.classes :]
+        """(pooled features, head features, members' probabilities (members, photos, classes), probabilities) of
+        the concatenated output."""
+        members_start = every.shape[1] - (self.members + 1) * self.classes
+        members = every[:, members_start : -self.classes].reshape(len(every), self.members, self.classes)
+        return (
+            every[:, : self.pooled_size],
+            every[:, self.pooled_size : members_start],
+            members.transpose(1, 0, 2),
+            every[:, -self.classes :],
+        )
 
 
 def _combined(known, unknown, not_birds, test_known, test_unknown):
@@ -304,6 +327,10 @@ def _group_name(name):
 
 def _unit(vectors):
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def _entropy(probabilities):
+    return -np.sum(probabilities * np.log(np.maximum(probabilities, 1e-12)), axis=-1)
 
 
 def _logsumexp(logits):
