@@ -22,7 +22,8 @@ and grouped by whether a known species shares their group name ("Gull", "Grebe")
 
 With --members N > 1 each split model is an ensemble of N (`Recipe.ensemble_members`): its probabilities
 are the members' average, as the product's are; the logit scores and the head's features (class means)
-are the first member's, as the product's cosine test reads them.
+are the first member's, as the product's cosine test reads them; two more scores read the members' own
+probabilities (how much they disagree).
 
 Needs scikit-image (`pip install scikit-image`, a study dependency only) for the photos that are not birds.
 Writes OUT_DIR/study.jsonl (one line per split), OUT_DIR/models/splitN.hdf5, and prints Markdown tables.
