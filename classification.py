@@ -330,7 +330,7 @@ class Recipe:
     def __post_init__(self):
         counts = {"views": (self.views, 1), "crop_views": (self.crop_views, 0)}
         counts.update(head_epochs=(self.head_epochs, 0), fine_tune_epochs=(self.fine_tune_epochs, 0))
-        counts.update(ensemble_members=(self.ensemble_members, 1))
+        counts.update(ensemble_members=(self.ensemble_members, 1), hidden_units=(self.hidden_units, 1))
         bad = [
             f"{name}={value!r} (expected an integer >= {least})"
             for name, (value, least) in counts.items()
@@ -348,9 +348,12 @@ class Recipe:
             value = getattr(self, name)
             if not self._is_number(value) or not 0 <= value <= 1:
                 bad.append(f"{name}={value!r} (expected a number from 0 to 1)")
-        momentum = self.ema_momentum
-        if not self._is_number(momentum) or not 0 <= momentum < 1:
-            bad.append(f"ema_momentum={momentum!r} (expected a number >= 0 and < 1)")
+        # At 1, dropout would drop every unit, smoothing would make every target uniform, and the weights'
+        # average would never move from its start.
+        for name in ("dropout_rate", "label_smoothing", "ema_momentum"):
+            value = getattr(self, name)
+            if not self._is_number(value) or not 0 <= value < 1:
+                bad.append(f"{name}={value!r} (expected a number >= 0 and < 1)")
         for name in ("member_views", "fine_tune_depthwise"):
             if not isinstance(getattr(self, name), bool):
                 bad.append(f"{name}={getattr(self, name)!r} (expected True or False)")

@@ -100,6 +100,12 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("erasing_probability", 1.5),
         ("erasing_probability", -0.5),
         ("erasing_probability", None),
+        ("hidden_units", 0),
+        ("hidden_units", 256.0),
+        ("dropout_rate", 1.0),
+        ("dropout_rate", -0.3),
+        ("label_smoothing", 1.0),
+        ("label_smoothing", "0.1"),
     ],
 )
 def test_recipe_refuses_counts_that_are_not_counts(field, value):
