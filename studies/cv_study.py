@@ -99,7 +99,8 @@ VARIANTS = {
     "mixup alpha 0.2": {"mixup_alpha": 0.2},
     # Issue 15: a wider hidden layer in the head. 256 units squeeze the 1280 pooled features to a fifth before the
     # 50-way softmax; fine-grained species may be told apart by more directions than that. 1024 units add about
-    # a million weights to each member (4 MB to the file), nothing to the backbone's time.
+    # a million weights to each member (4 MB to the file), nothing to the backbone's time. 0.914 (0.917 / 0.907 /
+    # 0.920) against 0.922, 823 of 900 photos against 830: not adopted.
     "hidden units 1024": {"hidden_units": 1024},
 }
 VARIANTS.update(
