@@ -105,6 +105,8 @@ IMAGE_EXTENSIONS = (
 
 # What `ensemble` appends to the names of the later members' layers, before the member's number ("_member_2").
 MEMBER_SUFFIX = "_member_"
+# The layer of an ensemble that averages its members' probabilities: its inputs are the members' own.
+ENSEMBLE_LAYER = "ensemble_average"
 # Small enough for 2 cores to keep busy without large memory peaks, large enough for stable
 # BatchNormalization statistics in the head.
 BATCH_SIZE = 32
@@ -642,9 +644,11 @@ def ensemble(members, split_layer=RECIPE.split_layer):
     """One flat model of several trained models (`members`) that share their frozen lower part, up to
     `split_layer`, as those of one recipe do: the first member whole, and copies of the other members'
     layers after `split_layer` (named with "_member_N", holding their weights) called on the first's
-    `split_layer` output; their probabilities averaged by a standard `Average` layer, so that the file
-    needs no custom code. What `train` returns for `Recipe.ensemble_members` > 1; studies combine models
-    trained apart with it."""
+    `split_layer` output; their probabilities averaged by a standard `Average` layer (`ENSEMBLE_LAYER`), so
+    that the file needs no custom code. What `train` returns for `Recipe.ensemble_members` > 1; studies
+    combine models trained apart with it. A member that is itself an ensemble counts as its own members, so
+    that every member weighs the same and the names stay unique."""
+    members = [part for member in members for part in _members(member)]
     first = members[0]
     split = first.get_layer(split_layer).output
     outputs = [first.output]
@@ -652,15 +656,26 @@ def ensemble(members, split_layer=RECIPE.split_layer):
         upper = layers_after(member, split_layer)
         copies = {
             layer.name: layer.__class__.from_config(
-                dict(layer.get_config(), name=f"{layer.name}{MEMBER_SUFFIX}{number}")
+                dict(layer.get_config(), name=f"{layer.name.split(MEMBER_SUFFIX)[0]}{MEMBER_SUFFIX}{number}")
             )
             for layer in upper
         }
         outputs.append(_call_after(member, split_layer, split, copies))
         for layer in upper:
             copies[layer.name].set_weights(layer.get_weights())
-    averaged = layers.Average(name="ensemble_average")(outputs)
+    averaged = layers.Average(name=ENSEMBLE_LAYER)(outputs)
     return keras.Model(first.inputs, averaged, name=first.name)
+
+
+def _members(model):
+    """The members of an ensemble made by `ensemble`, each a model from the pixels to its own probabilities on
+    the ensemble's layers; [model] for a model of one member."""
+    if ENSEMBLE_LAYER not in [layer.name for layer in model.layers]:
+        return [model]
+    return [
+        keras.Model(model.inputs, probabilities, name=model.name)
+        for probabilities in model.get_layer(ENSEMBLE_LAYER).input
+    ]
 
 
 def layers_after(model, layer_name):

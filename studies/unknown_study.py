@@ -67,9 +67,6 @@ NOT_BIRD_PHOTOS = (
 FEATURE_LAYER = "head_relu"
 POOLED_LAYER = "head_pooling"
 LOGIT_LAYER = "probabilities"
-# The layer of an ensemble (`classification.ensemble`) that averages its members' probabilities: its inputs are
-# each member's own, from which the scores of the members' disagreement follow.
-ENSEMBLE_LAYER = "ensemble_average"
 # Neighbours for the k-nearest-neighbour score (Sun et al. 2022 take the k-th nearest of the normalised
 # features; with 24 photos a species, a few neighbours).
 NEIGHBOURS = 5
@@ -201,7 +198,8 @@ class _Scorer:
         # An ensemble's members' probabilities too, before its own: members fine-tuned on views of their own
         # may disagree more on a species neither saw than on one both learnt.
         names = [layer.name for layer in model.layers]
-        members = list(model.get_layer(ENSEMBLE_LAYER).input) if ENSEMBLE_LAYER in names else []
+        averaging = classification.ENSEMBLE_LAYER
+        members = list(model.get_layer(averaging).input) if averaging in names else []
         outputs = [pooled, features, *members, model.output]
         self.features_model = keras.Model(model.inputs, keras.layers.Concatenate()(outputs))
         self.pooled_size, self.classes, self.members = pooled.shape[-1], model.output_shape[-1], len(members)

@@ -92,5 +92,20 @@ def test_members_with_views_of_their_own_share_the_first_member_and_differ_after
     assert later > 0 and changed > 0
 
 
+def test_an_ensemble_of_ensembles_is_one_flat_ensemble_of_all_their_members(trained, tmp_path):
+    # What studies/cv_study.py --average does with the fold models of recipes of two members.
+    single, pair, _ = trained
+    combined = classification.ensemble([pair, single])
+    names = [layer.name for layer in combined.layers]
+    assert len(names) == len(set(names))
+    assert len(combined.get_layer(classification.ENSEMBLE_LAYER).input) == MEMBERS + 1
+    images = _images(4)
+    expected = (MEMBERS * pair.predict(images, verbose=0) + single.predict(images, verbose=0)) / (MEMBERS + 1)
+    np.testing.assert_allclose(combined.predict(images, verbose=0), expected, atol=1e-6)
+    path = str(tmp_path / "combined.hdf5")
+    classification.save_model(combined, path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(images, verbose=0), expected, atol=1e-6)
+
+
 def _images(count):
     return np.random.default_rng(0).integers(0, 256, (count, 224, 224, 3)).astype("float32")
