@@ -667,17 +667,6 @@ def ensemble(members, split_layer=RECIPE.split_layer):
     return keras.Model(first.inputs, averaged, name=first.name)
 
 
-def _members(model):
-    """The members of an ensemble made by `ensemble`, each a model from the pixels to its own probabilities on
-    the ensemble's layers; [model] for a model of one member."""
-    if ENSEMBLE_LAYER not in [layer.name for layer in model.layers]:
-        return [model]
-    return [
-        keras.Model(model.inputs, probabilities, name=model.name)
-        for probabilities in model.get_layer(ENSEMBLE_LAYER).input
-    ]
-
-
 def layers_after(model, layer_name):
     """The layers of `model` after `layer_name`, in the model's topological order: with
     `Recipe.split_layer`, the upper part that fine-tuning trains and that `ensemble` copies."""
@@ -1025,6 +1014,17 @@ def _model_until(model, layer_names, image_size):
     new_tensors = _call_layers(model.layers[1 : last + 1], {id(model.inputs[0]): pixels})
     outputs = [new_tensors[id(model.get_layer(name).output)] for name in names]
     return keras.Model(pixels, outputs[0] if isinstance(layer_names, str) else outputs, name="lower")
+
+
+def _members(model):
+    """The members of an ensemble made by `ensemble`, each a model from the pixels to its own probabilities on
+    the ensemble's layers; [model] for a model of one member."""
+    if ENSEMBLE_LAYER not in [layer.name for layer in model.layers]:
+        return [model]
+    return [
+        keras.Model(model.inputs, probabilities, name=model.name)
+        for probabilities in model.get_layer(ENSEMBLE_LAYER).input
+    ]
 
 
 def _call_after(model, layer_name, features, replacements=None):
