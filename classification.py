@@ -667,6 +667,14 @@ def ensemble(members, split_layer=RECIPE.split_layer):
     return keras.Model(first.inputs, averaged, name=first.name)
 
 
+def member_probabilities(model):
+    """The members' own probabilities in an ensemble made by `ensemble`: the inputs of its `ENSEMBLE_LAYER`, one
+    tensor of the model's graph a member; [] for a model of one member."""
+    if ENSEMBLE_LAYER not in [layer.name for layer in model.layers]:
+        return []
+    return list(model.get_layer(ENSEMBLE_LAYER).input)
+
+
 def layers_after(model, layer_name):
     """The layers of `model` after `layer_name`, in the model's topological order: with
     `Recipe.split_layer`, the upper part that fine-tuning trains and that `ensemble` copies."""
@@ -1019,12 +1027,9 @@ def _model_until(model, layer_names, image_size):
 def _members(model):
     """The members of an ensemble made by `ensemble`, each a model from the pixels to its own probabilities on
     the ensemble's layers; [model] for a model of one member."""
-    if ENSEMBLE_LAYER not in [layer.name for layer in model.layers]:
-        return [model]
     return [
-        keras.Model(model.inputs, probabilities, name=model.name)
-        for probabilities in model.get_layer(ENSEMBLE_LAYER).input
-    ]
+        keras.Model(model.inputs, probabilities, name=model.name) for probabilities in member_probabilities(model)
+    ] or [model]
 
 
 def _call_after(model, layer_name, features, replacements=None):

@@ -197,9 +197,7 @@ class _Scorer:
         pooled, features = model.get_layer(POOLED_LAYER).output, model.get_layer(FEATURE_LAYER).output
         # An ensemble's members' probabilities too, before its own: members fine-tuned on views of their own
         # may disagree more on a species neither saw than on one both learnt.
-        names = [layer.name for layer in model.layers]
-        averaging = classification.ENSEMBLE_LAYER
-        members = list(model.get_layer(averaging).input) if averaging in names else []
+        members = classification.member_probabilities(model)
         outputs = [pooled, features, *members, model.output]
         self.features_model = keras.Model(model.inputs, keras.layers.Concatenate()(outputs))
         self.pooled_size, self.classes, self.members = pooled.shape[-1], model.output_shape[-1], len(members)
