@@ -347,6 +347,12 @@ class Recipe:
             value = getattr(self, name)
             if not self._is_number(value) or value < 0:
                 bad.append(f"{name}={value!r} (expected a number >= 0)")
+        for name in ("head_learning_rate", "fine_tune_learning_rate"):
+            value = getattr(self, name)
+            if not self._is_number(value) or value <= 0:
+                bad.append(f"{name}={value!r} (expected a number > 0)")
+        if not self._is_number(self.weight_decay) or self.weight_decay < 0:
+            bad.append(f"weight_decay={self.weight_decay!r} (expected a number >= 0)")
         for name in ("saturation_factor", "erasing_probability"):
             value = getattr(self, name)
             if not self._is_number(value) or not 0 <= value <= 1:

@@ -215,6 +215,19 @@ class _Scorer:
         centred = pooled - self.pooled_means[labels]
         covariance = centred.T @ centred / len(centred) + COVARIANCE_SHRINKAGE * np.eye(pooled.shape[1])
         self.precision = np.linalg.inv(covariance)
+        # The same distance with a covariance whose shrinkage the data choose (Ledoit and Wolf 2004), on the
+        # head's 256 features as well as the pooled 1280; and the relative distance of Ren et al. 2021, less
+        # the distance to one Gaussian of every training photo, proposed for unseen classes close to the known.
+        self.gaussians = {}
+        for name, vectors in (("head", features), ("pooled", pooled)):
+            means = np.stack([vectors[labels == label].mean(axis=0) for label in classes])
+            overall = vectors.mean(axis=0, keepdims=True)
+            self.gaussians[name] = (
+                means,
+                np.linalg.inv(_ledoit_wolf(vectors - means[labels])),
+                overall,
+                np.linalg.inv(_ledoit_wolf(vectors - overall)),
+            )
 
     def scores(self, image_dir, images):
         """({score name: array}, [top-1 right]) for a {name: label} in `image_dir`, or a list of paths."""
@@ -255,6 +268,14 @@ class _Scorer:
             f"cosine to {NEIGHBOURS}th nearest training photo (pooled)": similarities[:, -NEIGHBOURS],
             "negative Mahalanobis distance (pooled)": -mahalanobis,
         }
+        for name, vectors in (("head", features), ("pooled", pooled)):
+            means, precision, overall, overall_precision = self.gaussians[name]
+            distances = _mahalanobis(vectors, means, precision)
+            background = _mahalanobis(vectors, overall, overall_precision)[:, 0]
+            scores[f"negative Mahalanobis distance ({name}, Ledoit-Wolf)"] = -distances.min(axis=1)
+            scores[f"negative relative Mahalanobis distance ({name}, Ledoit-Wolf)"] = -(
+                distances - background[:, None]
+            ).min(axis=1)
         if self.members:
             answers = np.argmax(probabilities, axis=1)
             # The least that any member gives the ensemble's answer: one doubting member may be enough.
@@ -308,18 +329,33 @@ def _by_species(scores, unknown_scores, unknown_labels, known, class_names):
         [unknown_scores[score] >= thresholds[BY_SPECIES[1]][index] for index, score in enumerate(COMBINED)], 0
     )
     caught = {BY_SPECIES[0]: unknown_scores[BY_SPECIES[0]] < thresholds[BY_SPECIES[0]][0], BY_SPECIES[1]: ~named}
-    known_groups = {_group_name(class_names[label]) for label in known}
+    known_groups = {cv_study.group_name(class_names[label]) for label in known}
     return {
         int(label): {
             **{name: float(np.mean(caught[name][labels == label])) for name in BY_SPECIES},
-            "namesake": _group_name(class_names[label]) in known_groups,
+            "namesake": cv_study.group_name(class_names[label]) in known_groups,
         }
         for label in sorted(set(unknown_labels))
     }
 
 
-def _group_name(name):
-    return name.split("_")[-1]
+def _ledoit_wolf(centred):
+    """The covariance of the rows of `centred` (already centred), shrunk towards its mean variance times the
+    identity by the amount that minimises the expected squared error (Ledoit and Wolf 2004, as scikit-learn's
+    `LedoitWolf`): no shrinkage to choose by hand."""
+    count, size = centred.shape
+    covariance = centred.T @ centred / count
+    mean_variance = np.trace(covariance) / size
+    spread = np.sum((covariance - mean_variance * np.eye(size)) ** 2) / size
+    noise = (np.mean(np.sum(centred**2, axis=1) ** 2) - np.sum(covariance**2)) / (size * count)
+    shrinkage = min(noise, spread) / spread
+    return (1 - shrinkage) * covariance + shrinkage * mean_variance * np.eye(size)
+
+
+def _mahalanobis(vectors, means, precision):
+    """(vectors, means) squared Mahalanobis distances of each vector to each mean under one precision matrix."""
+    offsets = vectors[:, None, :] - means[None]
+    return np.sum((offsets @ precision) * offsets, axis=2)
 
 
 def _unit(vectors):

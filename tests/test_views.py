@@ -9,7 +9,7 @@ import pytest
 from conftest import NUM_CLASSES, SMALL_IMAGE_SIZE, write_images
 
 import classification
-from studies import cv_study
+from studies import cv_study, error_study
 
 
 @pytest.fixture
@@ -106,9 +106,14 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("dropout_rate", -0.3),
         ("label_smoothing", 1.0),
         ("label_smoothing", "0.1"),
+        ("head_learning_rate", 0.0),
+        ("fine_tune_learning_rate", -1e-4),
+        ("fine_tune_learning_rate", "1e-4"),
+        ("weight_decay", -1e-4),
+        ("weight_decay", None),
     ],
 )
-def test_recipe_refuses_counts_that_are_not_counts(field, value):
+def test_recipe_refuses_values_outside_their_range_or_type(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(classification.RECIPE, **{field: value})
 
@@ -118,6 +123,22 @@ def test_every_cross_validation_variant_is_a_valid_changed_copy_of_the_recipe():
     for name, changes in cv_study.VARIANTS.items():
         variant = dataclasses.replace(classification.RECIPE, **changes)
         assert {field: getattr(variant, field) for field in changes} == changes, name
+
+
+def test_the_error_study_counts_each_photo_by_the_trainings_that_get_it_right():
+    # Three trainings, four photos of classes 0-2: photo 0 right by all, 1 by one, 2 and 3 by none.
+    answers = np.array([[0, 0, 0], [2, 1, 2], [0, 0, 1], [1, 2, 2]])
+    labels = np.array([0, 1, 2, 0])
+    probabilities = np.full(answers.shape + (3,), 0.1)
+    np.put_along_axis(probabilities, answers[..., None], 0.8, axis=-1)
+    # On photo 1 the one right training is sure and the two wrong ones are not: the average is right.
+    probabilities[1] = [[0.3, 0.3, 0.4], [0.0, 1.0, 0.0], [0.3, 0.3, 0.4]]
+    figures = error_study.agreement(labels, probabilities)
+    assert figures["right_by"] == [2, 1, 0, 1]
+    assert figures["accuracies"] == [0.25, 0.5, 0.25]
+    assert figures["ensemble_accuracy"] == 0.5
+    assert figures["oracle_accuracy"] == 0.5
+    assert figures["taken_for"] == {2: 0, 3: 2}
 
 
 @pytest.mark.parametrize(
