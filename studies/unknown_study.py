@@ -206,13 +206,15 @@ class _Scorer:
         pooled, features, _, _ = self._parts(every)
         labels = np.array([fit_gt[train_names[index]] for index in decoded])
         classes = range(self.kernel.shape[1])
-        means = np.stack([features[labels == label].mean(axis=0) for label in classes])
-        self.class_means = means / np.linalg.norm(means, axis=1, keepdims=True)
+        self.means = {
+            name: np.stack([vectors[labels == label].mean(axis=0) for label in classes])
+            for name, vectors in (("head", features), ("pooled", pooled))
+        }
+        self.class_means = _unit(self.means["head"])
         self.train_pooled = _unit(pooled)
         self.train_features = _unit(features)
         self.react_clip = np.percentile(features, REACT_PERCENTILE)
-        self.pooled_means = np.stack([pooled[labels == label].mean(axis=0) for label in classes])
-        centred = pooled - self.pooled_means[labels]
+        centred = pooled - self.means["pooled"][labels]
         covariance = centred.T @ centred / len(centred) + COVARIANCE_SHRINKAGE * np.eye(pooled.shape[1])
         self.precision = np.linalg.inv(covariance)
         # The same distance with a covariance whose shrinkage the data choose (Ledoit and Wolf 2004), on the
@@ -220,11 +222,9 @@ class _Scorer:
         # the distance to one Gaussian of every training photo, proposed for unseen classes close to the known.
         self.gaussians = {}
         for name, vectors in (("head", features), ("pooled", pooled)):
-            means = np.stack([vectors[labels == label].mean(axis=0) for label in classes])
             overall = vectors.mean(axis=0, keepdims=True)
             self.gaussians[name] = (
-                means,
-                np.linalg.inv(_ledoit_wolf(vectors - means[labels])),
+                np.linalg.inv(_ledoit_wolf(vectors - self.means[name][labels])),
                 overall,
                 np.linalg.inv(_ledoit_wolf(vectors - overall)),
             )
@@ -246,8 +246,7 @@ class _Scorer:
         similarities = np.sort(_unit(pooled) @ self.train_pooled.T, axis=1)
         head_similarities = np.sort(unit @ self.train_features.T, axis=1)
         clipped_logits = np.minimum(features, self.react_clip) @ self.kernel + self.bias
-        offsets = pooled[:, None, :] - self.pooled_means[None]
-        mahalanobis = np.sum((offsets @ self.precision) * offsets, axis=2).min(axis=1)
+        mahalanobis = _mahalanobis(pooled, self.means["pooled"], self.precision).min(axis=1)
         scores = {
             "largest probability": ranked[:, -1],
             # Views of one photo agree less, perhaps, on a species the model never saw.
@@ -269,13 +268,11 @@ class _Scorer:
             "negative Mahalanobis distance (pooled)": -mahalanobis,
         }
         for name, vectors in (("head", features), ("pooled", pooled)):
-            means, precision, overall, overall_precision = self.gaussians[name]
-            distances = _mahalanobis(vectors, means, precision)
+            precision, overall, overall_precision = self.gaussians[name]
+            distances = _mahalanobis(vectors, self.means[name], precision)
             background = _mahalanobis(vectors, overall, overall_precision)[:, 0]
             scores[f"negative Mahalanobis distance ({name}, Ledoit-Wolf)"] = -distances.min(axis=1)
-            scores[f"negative relative Mahalanobis distance ({name}, Ledoit-Wolf)"] = -(
-                distances - background[:, None]
-            ).min(axis=1)
+            scores[f"negative relative Mahalanobis distance ({name}, Ledoit-Wolf)"] = background - distances.min(axis=1)
         if self.members:
             answers = np.argmax(probabilities, axis=1)
             # The least that any member gives the ensemble's answer: one doubting member may be enough.
