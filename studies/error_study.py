@@ -8,12 +8,14 @@ MODELS_DIR as VARIANT_foldN.hdf5) label the fold's held-out photos with `classif
 (the frozen ImageNet lower part, 24 photos a species), not of one training's draw, and no averaging of such
 trainings can mend it.
 
-    python -m studies.error_study DATA_DIR OUT_DIR --models MODELS_DIR --variants NAME NAME ... [--folds 0 1 2]
+    python -m studies.error_study DATA_DIR OUT_DIR --models MODELS_DIR --variants NAME ... [--folds 0 1 2] [--fitted]
 
 Prints how many photos k of the N trainings get right (k = 0 .. N), the ensemble of all of them, the species
 pairs behind the photos that every training gets wrong (and whether the two share a group name, "Gull",
 "Warbler": a close relative), and writes OUT_DIR/hard_photos.png: those photos beside a training photo of the
-species they were taken for, and OUT_DIR/errors.json.
+species they were taken for, and OUT_DIR/errors.json. With --fitted each fold model also labels the photos it
+trained on (the other folds'), three times the time: a photo that even the models trained on it do not label as its
+label says is at odds with the rest of its species, a hard photo or a wrong label.
 """
 
 import argparse
@@ -50,7 +52,16 @@ def main():
     parser.add_argument("--models", required=True, help="the folder of cv_study.py's fold models")
     parser.add_argument("--variants", nargs="+", required=True, choices=sorted(cv_study.VARIANTS), metavar="NAME")
     parser.add_argument("--folds", nargs="+", type=int, default=cv_study.DEFAULT_FOLDS, choices=range(cv_study.FOLDS))
+    parser.add_argument(
+        "--fitted",
+        action="store_true",
+        help="also label each photo with the fold models that trained on it (three times the time)",
+    )
     args = parser.parse_args()
+    if args.fitted and len(args.folds) < 2:
+        parser.error(
+            f"--fitted needs at least two --folds (a photo held out of one is trained on by the others), got {args.folds}"
+        )
 
     train_dir = os.path.join(args.data_dir, "00_input", "train")
     image_dir = os.path.join(train_dir, "images")
@@ -67,21 +78,28 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     fold_of = cv_study.folds_of(train_gt)
 
-    names, labels, probabilities = [], [], []
-    for fold in args.folds:
-        held_out = sorted(name for name in train_gt if fold_of[name] == fold)
-        paths = [os.path.join(image_dir, name) for name in held_out]
-        by_variant = []
-        for variant in args.variants:
+    names = [name for fold in args.folds for name in sorted(name for name in train_gt if fold_of[name] == fold)]
+    labels = np.array([train_gt[name] for name in names])
+    photo_folds = np.array([fold_of[name] for name in names])
+    paths = [os.path.join(image_dir, name) for name in names]
+    probabilities = None
+    # For each photo, how many of the fold models that trained on it (the other folds') label it right.
+    fitted_right = np.zeros(len(names), dtype=int)
+    for variant_index, variant in enumerate(args.variants):
+        for fold in args.folds:
+            chosen = np.arange(len(names)) if args.fitted else np.flatnonzero(photo_folds == fold)
             model = run.load_model(model_paths[variant, fold])
-            decoded, variant_probabilities = classification.predict_probabilities(model, paths, ("image",))
-            if len(decoded) != len(paths):
-                raise ValueError(f"{len(paths) - len(decoded)} held-out photos of fold {fold} did not decode")
-            by_variant.append(variant_probabilities)
-        names += held_out
-        labels += [train_gt[name] for name in held_out]
-        probabilities.append(np.stack(by_variant, axis=1))
-    labels, probabilities = np.asarray(labels), np.concatenate(probabilities)
+            decoded, fold_probabilities = classification.predict_probabilities(
+                model, [paths[index] for index in chosen], ("image",)
+            )
+            if len(decoded) != len(chosen):
+                raise ValueError(f"{len(chosen) - len(decoded)} training photos did not decode")
+            if probabilities is None:
+                probabilities = np.zeros((len(names), len(args.variants), fold_probabilities.shape[-1]))
+            held_out = photo_folds[chosen] == fold
+            probabilities[chosen[held_out], variant_index] = fold_probabilities[held_out]
+            fitted = chosen[~held_out]
+            fitted_right[fitted] += fold_probabilities[~held_out].argmax(axis=-1) == labels[fitted]
     figures = agreement(labels, probabilities)
     right_by, taken_for = figures["right_by"], figures["taken_for"]
 
@@ -107,6 +125,20 @@ def main():
         same = cv_study.group_name(class_names[true]) == cv_study.group_name(class_names[answer])
         print(f"| {class_names[true]} | {class_names[answer]} | {count} | {'yes' if same else 'no'} |")
 
+    if args.fitted:
+        # A photo that the models trained on it still do not label as its label says is at odds with the other
+        # photos of its species: a hard photo, or a wrong label (the sign that confident learning looks for).
+        trainers = len(args.variants) * (len(args.folds) - 1)
+        fitted_share = fitted_right / trainers
+        print(
+            f"\nEach photo labelled by the {trainers} fold models that trained on it: right {fitted_share.mean():.3f} of"
+            f" the time over all photos, {fitted_share[never].mean():.3f} over the {len(never)} no training gets right"
+        )
+        print(
+            f"Photos that no model trained on them labels right: {np.sum(fitted_right == 0)}, of which"
+            f" {np.sum(fitted_right[never] == 0)} among those {len(never)}"
+        )
+
     hard = [dict(photo=names[index], species=int(labels[index]), taken_for=taken_for[index]) for index in never]
     summary = dict(
         variants=args.variants,
@@ -117,6 +149,7 @@ def main():
         ensemble_accuracy=figures["ensemble_accuracy"],
         oracle_accuracy=figures["oracle_accuracy"],
         same_group_name=int(namesakes),
+        fitted_right=[int(count) for count in fitted_right] if args.fitted else None,
         never_right=hard,
     )
     with open(os.path.join(args.out_dir, "errors.json"), "w") as file:
