@@ -343,7 +343,7 @@ class Recipe:
             size = getattr(self, name)
             if not self._is_integer(size) or size < 32 or size % 32:
                 bad.append(f"{name}={size!r} (expected a multiple of 32, at least 32)")
-        for name in ("mixup_alpha", "cutmix_alpha"):
+        for name in ("mixup_alpha", "cutmix_alpha", "weight_decay"):
             value = getattr(self, name)
             if not self._is_number(value) or value < 0:
                 bad.append(f"{name}={value!r} (expected a number >= 0)")
@@ -351,8 +351,6 @@ class Recipe:
             value = getattr(self, name)
             if not self._is_number(value) or value <= 0:
                 bad.append(f"{name}={value!r} (expected a number > 0)")
-        if not self._is_number(self.weight_decay) or self.weight_decay < 0:
-            bad.append(f"weight_decay={self.weight_decay!r} (expected a number >= 0)")
         for name in ("saturation_factor", "erasing_probability"):
             value = getattr(self, name)
             if not self._is_number(value) or not 0 <= value <= 1:

@@ -114,16 +114,16 @@ def main():
 
     never = sorted(taken_for)
     pairs = collections.Counter((int(labels[index]), taken_for[index]) for index in never)
-    namesakes = sum(
-        count
-        for (true, answer), count in pairs.items()
-        if cv_study.group_name(class_names[true]) == cv_study.group_name(class_names[answer])
-    )
+    same_group = {
+        (true, answer): cv_study.group_name(class_names[true]) == cv_study.group_name(class_names[answer])
+        for true, answer in pairs
+    }
+    namesakes = sum(count for pair, count in pairs.items() if same_group[pair])
     print(f"\nPhotos no training gets right: {len(never)}; taken for a species of the same group name: {namesakes}")
     print("\n| species | taken for | photos | same group name |\n|---|---|---|---|")
     for (true, answer), count in pairs.most_common(LISTED_PAIRS):
-        same = cv_study.group_name(class_names[true]) == cv_study.group_name(class_names[answer])
-        print(f"| {class_names[true]} | {class_names[answer]} | {count} | {'yes' if same else 'no'} |")
+        same = "yes" if same_group[true, answer] else "no"
+        print(f"| {class_names[true]} | {class_names[answer]} | {count} | {same} |")
 
     if args.fitted:
         # A photo that the models trained on it still do not label as its label says is at odds with the other
