@@ -1113,7 +1113,9 @@ def _fine_tune(model, head_layers, train_data, validation_data, recipe, keep_bes
     for layer in upper_backbone:
         layer.trainable = recipe.fine_tune_depthwise or not isinstance(layer, layers.DepthwiseConv2D)
     _freeze_batch_normalization(upper_backbone)
-    fine_tune_steps = recipe.fine_tune_epochs * len(train_data)
+    # CosineDecay refuses 0 steps; a recipe of no fine-tuning epochs (the head alone, on the ImageNet upper
+    # blocks) never steps it.
+    fine_tune_steps = max(recipe.fine_tune_epochs * len(train_data), 1)
     schedule = keras.optimizers.schedules.CosineDecay(recipe.fine_tune_learning_rate, fine_tune_steps)
     averaging = dict(use_ema=True, ema_momentum=recipe.ema_momentum) if recipe.ema_momentum else {}
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay, **averaging)

@@ -9,20 +9,25 @@ MODELS_DIR as VARIANT_foldN.hdf5) label the fold's held-out photos with `classif
 trainings can mend it.
 
     python -m studies.error_study DATA_DIR OUT_DIR --models MODELS_DIR --variants NAME ... [--folds 0 1 2] [--fitted]
+        [--members]
 
 Prints how many photos k of the N trainings get right (k = 0 .. N), the ensemble of all of them, the species
 pairs behind the photos that every training gets wrong (and whether the two share a group name, "Gull",
 "Warbler": a close relative), and writes OUT_DIR/hard_photos.png: those photos beside a training photo of the
 species they were taken for, and OUT_DIR/errors.json. With --fitted each fold model also labels the photos it
 trained on (the other folds'), three times the time: a photo that even the models trained on it do not label as its
-label says is at odds with the rest of its species, a hard photo or a wrong label.
+label says is at odds with the rest of its species, a hard photo or a wrong label. With --members each member of an
+ensemble counts as a training of its own ("VARIANT, member k"), and every set of them is scored as one ensemble
+(their probabilities averaged, as `classification.ensemble` averages them): which members are worth their time.
 """
 
 import argparse
 import collections
+import itertools
 import json
 import os
 
+import keras
 import matplotlib
 import numpy as np
 
@@ -57,6 +62,9 @@ def main():
         action="store_true",
         help="also label each photo with the fold models that trained on it (three times the time)",
     )
+    parser.add_argument(
+        "--members", action="store_true", help="each member of an ensemble a training of its own; every set scored"
+    )
     args = parser.parse_args()
     if args.fitted and len(args.folds) < 2:
         parser.error(
@@ -82,35 +90,61 @@ def main():
     labels = np.array([train_gt[name] for name in names])
     photo_folds = np.array([fold_of[name] for name in names])
     paths = [os.path.join(image_dir, name) for name in names]
-    probabilities = None
+    # (photos, trainings, classes) for each variant: one training, or one a member with --members.
+    variant_probabilities = []
+    training_names = []
     # For each photo, how many of the fold models that trained on it (the other folds') label it right.
     fitted_right = np.zeros(len(names), dtype=int)
-    for variant_index, variant in enumerate(args.variants):
+    for variant in args.variants:
+        probabilities = None
         for fold in args.folds:
             chosen = np.arange(len(names)) if args.fitted else np.flatnonzero(photo_folds == fold)
             model = run.load_model(model_paths[variant, fold])
+            members = classification.member_probabilities(model) if args.members else []
+            if members:
+                model = keras.Model(model.inputs, keras.layers.Concatenate()(members))
             decoded, fold_probabilities = classification.predict_probabilities(
                 model, [paths[index] for index in chosen], ("image",)
             )
             if len(decoded) != len(chosen):
                 raise ValueError(f"{len(chosen) - len(decoded)} training photos did not decode")
+            # (photos, members, classes); the ensemble's average for the fitted count, as without --members.
+            fold_probabilities = fold_probabilities.reshape(len(chosen), max(len(members), 1), -1)
             if probabilities is None:
-                probabilities = np.zeros((len(names), len(args.variants), fold_probabilities.shape[-1]))
+                probabilities = np.zeros((len(names), *fold_probabilities.shape[1:]))
             held_out = photo_folds[chosen] == fold
-            probabilities[chosen[held_out], variant_index] = fold_probabilities[held_out]
+            probabilities[chosen[held_out]] = fold_probabilities[held_out]
             fitted = chosen[~held_out]
-            fitted_right[fitted] += fold_probabilities[~held_out].argmax(axis=-1) == labels[fitted]
+            fitted_right[fitted] += fold_probabilities[~held_out].mean(axis=1).argmax(axis=-1) == labels[fitted]
+        variant_probabilities.append(probabilities)
+        count = probabilities.shape[1]
+        training_names += [f"{variant}, member {number}" for number in range(1, count + 1)] if members else [variant]
+    probabilities = np.concatenate(variant_probabilities, axis=1)
     figures = agreement(labels, probabilities)
     right_by, taken_for = figures["right_by"], figures["taken_for"]
 
-    trainings = len(args.variants)
-    print(f"\n{len(names)} held-out photos, {trainings} trainings: " + ", ".join(args.variants))
+    trainings = len(training_names)
+    print(f"\n{len(names)} held-out photos, {trainings} trainings: " + ", ".join(training_names))
     print("\n| trainings right | photos | share |\n|---|---|---|")
     for count, photos in enumerate(right_by):
         print(f"| {count} of {trainings} | {photos} | {photos / len(names):.3f} |")
     print("\nEach training alone: " + ", ".join(f"{accuracy:.3f}" for accuracy in figures["accuracies"]))
     print(f"Their ensemble (probabilities averaged): {figures['ensemble_accuracy']:.3f}")
     print(f"Right by at least one (an oracle's choice): {figures['oracle_accuracy']:.3f}")
+    sets = None
+    if args.members:
+        sets = member_sets(labels, probabilities, photo_folds, args.folds)
+        print(
+            "\n| members averaged | photos right | " + " | ".join(f"fold {fold}" for fold in args.folds) + " | mean |"
+        )
+        print("|---|---|" + "---|" * (len(args.folds) + 1))
+        for chosen, right, by_fold in sets:
+            members_averaged = " + ".join(training_names[index] for index in chosen)
+            print(
+                f"| {members_averaged} | {right} | "
+                + " | ".join(f"{accuracy:.3f}" for accuracy in by_fold)
+                + f" | {right / len(names):.3f} |"
+            )
 
     never = sorted(taken_for)
     pairs = collections.Counter((int(labels[index]), taken_for[index]) for index in never)
@@ -142,6 +176,8 @@ def main():
     hard = [dict(photo=names[index], species=int(labels[index]), taken_for=taken_for[index]) for index in never]
     summary = dict(
         variants=args.variants,
+        trainings=training_names,
+        member_sets=None if sets is None else [dict(members=list(chosen), right=right) for chosen, right, _ in sets],
         folds=args.folds,
         photos=len(names),
         right_by=right_by,
@@ -183,6 +219,26 @@ def agreement(labels, probabilities):
         oracle_accuracy=float(np.mean(right_count > 0)),
         taken_for={int(index): int(np.bincount(answers[index]).argmax()) for index in never},
     )
+
+
+def member_sets(labels, probabilities, photo_folds, folds):
+    """Every set of trainings averaged as one ensemble.
+
+    Args:
+        labels, probabilities: as for `agreement`.
+        photo_folds: (photos,) each photo's fold; folds: the folds to report, in order.
+
+    Returns:
+        [(indices of the trainings in the set, photos right, [accuracy on each fold])], smaller sets first, each
+        size in the order of `itertools.combinations`.
+    """
+    sets = []
+    for size in range(1, probabilities.shape[1] + 1):
+        for chosen in itertools.combinations(range(probabilities.shape[1]), size):
+            right = probabilities[:, list(chosen)].mean(axis=1).argmax(axis=-1) == labels
+            by_fold = [float(right[photo_folds == fold].mean()) for fold in folds]
+            sets.append((chosen, int(right.sum()), by_fold))
+    return sets
 
 
 def _draw(hard, train_gt, image_dir, class_names, path):

@@ -108,6 +108,21 @@ def test_fine_tuning_moves_the_depthwise_kernels_only_when_the_recipe_says_so(tr
     assert all(moved[name] for name in moved if name not in depthwise)
 
 
+def test_a_recipe_of_no_fine_tuning_epochs_trains_the_head_alone(train_set):
+    # fine_tune_epochs=0 is a valid recipe (a head on the ImageNet features): it must train, not fail on its schedule.
+    train_gt, folder = train_set
+    model, history = classification.train(
+        train_gt, folder, dataclasses.replace(classification.FAST_RECIPE, fine_tune_epochs=0)
+    )
+    imagenet = keras.applications.MobileNetV2(input_shape=model.input_shape[1:], include_top=False, weights="imagenet")
+    for layer in (layer for layer in imagenet.layers if layer.weights):
+        for trained, original in zip(model.get_layer(layer.name).get_weights(), layer.get_weights()):
+            np.testing.assert_array_equal(trained, original, err_msg=layer.name)
+    assert len(history["head"]["loss"]) == classification.FAST_RECIPE.head_epochs
+    assert "loss" not in history["fine_tune"]
+    assert sorted(classification.classify(model, folder)) == sorted(train_gt)
+
+
 def test_train_gt_naming_missing_files_lists_them_all(train_set):
     train_gt, folder = train_set
     broken_gt = dict(train_gt, **{"missing_1.jpg": 0, "missing_2.jpg": 1})

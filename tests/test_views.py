@@ -141,6 +141,23 @@ def test_the_error_study_counts_each_photo_by_the_trainings_that_get_it_right():
     assert figures["taken_for"] == {2: 0, 3: 2}
 
 
+def test_the_error_study_scores_every_set_of_members_by_fold():
+    # Two members, four photos of classes 0-1 in folds 0 and 1. Member 0 is right on photos 0 and 2; member 1 on
+    # photos 0 and 1, sure of photos 1 and 2; averaged they are right on photos 0 and 1.
+    labels = np.array([0, 1, 0, 1])
+    photo_folds = np.array([0, 0, 1, 1])
+    probabilities = np.array(
+        [
+            [[0.9, 0.1], [0.8, 0.2]],
+            [[0.6, 0.4], [0.0, 1.0]],
+            [[0.6, 0.4], [0.0, 1.0]],
+            [[0.7, 0.3], [0.9, 0.1]],
+        ]
+    )
+    sets = error_study.member_sets(labels, probabilities, photo_folds, [0, 1])
+    assert sets == [((0,), 2, [0.5, 0.5]), ((1,), 2, [1.0, 0.0]), ((0, 1), 2, [1.0, 0.0])]
+
+
 @pytest.mark.parametrize(
     "field, value",
     [
