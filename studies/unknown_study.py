@@ -74,6 +74,11 @@ NEIGHBOURS = 5
 # before the logits are formed, the authors' default: the few very large activations that unseen inputs
 # provoke no longer carry the logits.
 REACT_PERCENTILE = 90
+# ViM (Wang et al. 2022) splits the head's 256 features into the principal subspace of the training photos' features
+# and its complement; what of a photo lies in the complement becomes a virtual logit of "none of these". The authors
+# keep about half to two thirds of the dimensions (512 of 768 for ViT, 1000 of 2048 for BiT); here half, fixed
+# before scoring, which leaves more than the 40 directions that the class logits need.
+VIM_PRINCIPAL = 128
 # Added to the diagonal of the shared covariance of the Mahalanobis score: 1280 dimensions from 960 photos.
 COVARIANCE_SHRINKAGE = 1e-3
 # The product's rule of two scores (`classification.unknown_answers`): "unknown" where either is below its
@@ -214,6 +219,7 @@ class _Scorer:
         self.train_pooled = _unit(pooled)
         self.train_features = _unit(features)
         self.react_clip = np.percentile(features, REACT_PERCENTILE)
+        self.vim = _Vim(features, self.kernel, self.bias)
         centred = pooled - self.means["pooled"][labels]
         covariance = centred.T @ centred / len(centred) + COVARIANCE_SHRINKAGE * np.eye(pooled.shape[1])
         self.precision = np.linalg.inv(covariance)
@@ -265,6 +271,10 @@ class _Scorer:
             "cosine to nearest training photo (head)": head_similarities[:, -1],
             f"cosine to {NEIGHBOURS}th nearest training photo (head)": head_similarities[:, -NEIGHBOURS],
             f"cosine to {NEIGHBOURS}th nearest training photo (pooled)": similarities[:, -NEIGHBOURS],
+            f"ViM, {VIM_PRINCIPAL} principal dimensions of the head's features": self.vim.scores(features, logits),
+            # GradNorm (Huang et al. 2021): the L1 norm of the last layer's weight gradient of the KL divergence
+            # from the uniform answer, in closed form, larger where the model is sure of its species.
+            "GradNorm": np.abs(features).sum(axis=1) * np.abs(_softmax(logits) - 1 / logits.shape[1]).sum(axis=1),
             "negative Mahalanobis distance (pooled)": -mahalanobis,
         }
         for name, vectors in (("head", features), ("pooled", pooled)):
@@ -296,6 +306,28 @@ class _Scorer:
             members.transpose(1, 0, 2),
             every[:, -self.classes :],
         )
+
+
+class _Vim:
+    """ViM's score (Wang et al. 2022, "Virtual-logit Matching"): the energy of the logits less a virtual logit, the
+    norm of the part of a photo's features outside the principal subspace of the training photos' features (centred
+    at the point where every logit is 0), scaled so that on the training photos it matches the largest logit."""
+
+    def __init__(self, features, kernel, bias):
+        # Logits are features @ kernel + bias: the origin is the features whose logits are all 0.
+        self.origin = -np.linalg.pinv(kernel.T) @ bias
+        centred = features - self.origin
+        _, eigenvectors = np.linalg.eigh(centred.T @ centred / len(centred))
+        # eigh sorts the eigenvalues in ascending order: the residual subspace is spanned by the first ones.
+        self.residual = eigenvectors[:, :-VIM_PRINCIPAL]
+        largest_logits = (features @ kernel + bias).max(axis=1)
+        self.scale = largest_logits.mean() / self._residual_norms(features).mean()
+
+    def scores(self, features, logits):
+        return _logsumexp(logits) - self.scale * self._residual_norms(features)
+
+    def _residual_norms(self, features):
+        return np.linalg.norm((features - self.origin) @ self.residual, axis=1)
 
 
 def _combined(known, unknown, not_birds, test_known, test_unknown):
@@ -361,6 +393,11 @@ def _unit(vectors):
 
 def _entropy(probabilities):
     return -np.sum(probabilities * np.log(np.maximum(probabilities, 1e-12)), axis=-1)
+
+
+def _softmax(logits):
+    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
 def _logsumexp(logits):
