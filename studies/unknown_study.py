@@ -247,6 +247,7 @@ class _Scorer:
         _, mirrored = classification.predict_probabilities(self.features_model, paths, ("flipped image",))
         flip_averaged = (probabilities + self._parts(mirrored)[3]) / 2
         logits = features @ self.kernel + self.bias
+        energy = _logsumexp(logits)
         ranked = np.sort(probabilities, axis=1)
         unit = _unit(features)
         similarities = np.sort(_unit(pooled) @ self.train_pooled.T, axis=1)
@@ -260,7 +261,7 @@ class _Scorer:
             "margin": ranked[:, -1] - ranked[:, -2],
             "negative entropy": -_entropy(probabilities),
             "largest logit": logits.max(axis=1),
-            "negative energy": _logsumexp(logits),
+            "negative energy": energy,
             "cosine to nearest class mean": (unit @ self.class_means.T).max(axis=1),
             # Label smoothing and mixup bound the logits' spread; their direction may still tell (the logit
             # normalisation that Xia et al. 2025 propose against label smoothing's harm to selective answers).
@@ -271,7 +272,8 @@ class _Scorer:
             "cosine to nearest training photo (head)": head_similarities[:, -1],
             f"cosine to {NEIGHBOURS}th nearest training photo (head)": head_similarities[:, -NEIGHBOURS],
             f"cosine to {NEIGHBOURS}th nearest training photo (pooled)": similarities[:, -NEIGHBOURS],
-            f"ViM, {VIM_PRINCIPAL} principal dimensions of the head's features": self.vim.scores(features, logits),
+            f"ViM, {VIM_PRINCIPAL} principal dimensions of the head's features": energy
+            - self.vim.virtual_logits(features),
             # GradNorm (Huang et al. 2021): the L1 norm of the last layer's weight gradient of the KL divergence
             # from the uniform answer, in closed form, larger where the model is sure of its species.
             "GradNorm": np.abs(features).sum(axis=1) * np.abs(_softmax(logits) - 1 / logits.shape[1]).sum(axis=1),
@@ -309,9 +311,10 @@ class _Scorer:
 
 
 class _Vim:
-    """ViM's score (Wang et al. 2022, "Virtual-logit Matching"): the energy of the logits less a virtual logit, the
-    norm of the part of a photo's features outside the principal subspace of the training photos' features (centred
-    at the point where every logit is 0), scaled so that on the training photos it matches the largest logit."""
+    """ViM's virtual logit (Wang et al. 2022, "Virtual-logit Matching"; its score is the energy of the logits less
+    this): the norm of the part of a photo's features outside the principal subspace of the training photos' features
+    (centred at the point where every logit is 0), scaled so that on the training photos it matches the largest
+    logit."""
 
     def __init__(self, features, kernel, bias):
         # Logits are features @ kernel + bias: the origin is the features whose logits are all 0.
@@ -323,8 +326,8 @@ class _Vim:
         largest_logits = (features @ kernel + bias).max(axis=1)
         self.scale = largest_logits.mean() / self._residual_norms(features).mean()
 
-    def scores(self, features, logits):
-        return _logsumexp(logits) - self.scale * self._residual_norms(features)
+    def virtual_logits(self, features):
+        return self.scale * self._residual_norms(features)
 
     def _residual_norms(self, features):
         return np.linalg.norm((features - self.origin) @ self.residual, axis=1)
@@ -396,8 +399,7 @@ def _entropy(probabilities):
 
 
 def _softmax(logits):
-    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exponentials / exponentials.sum(axis=1, keepdims=True)
+    return np.exp(logits - _logsumexp(logits)[:, None])
 
 
 def _logsumexp(logits):
