@@ -424,6 +424,13 @@ def run_single_test(data_dir, output_dir):
     """Train with fast_train=True, label the test images with the committed model, write output.csv."""
     train_dir = os.path.join(data_dir, "train")
     train_gt = datasets.read_gt(os.path.join(train_dir, datasets.GT_FILE))
+    # Made before the training and the labelling, which an output folder that cannot be written would waste.
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as error:
+        raise HarnessError(f"cannot write {output_dir!r} ({error.strerror}): the output folder must be writable")
+    if not os.access(output_dir, os.W_OK):
+        raise HarnessError(f"cannot write {output_dir!r}: the output folder must be writable")
     start = time.time()
     classification.train_classifier(train_gt, os.path.join(train_dir, "images"), fast_train=True)
     train_seconds = time.time() - start
@@ -432,7 +439,6 @@ def run_single_test(data_dir, output_dir):
     labels = classification.classify(model, os.path.join(data_dir, "test", "images"))
     classify_seconds = time.time() - start
     try:
-        os.makedirs(output_dir, exist_ok=True)
         datasets.write_gt(os.path.join(output_dir, "output.csv"), labels)
     except OSError as error:
         raise HarnessError(f"cannot write {output_dir!r} ({error.strerror}): the output folder must be writable")

@@ -44,13 +44,30 @@ def _loaders():
     return loaders
 
 
+def _save_probabilities(name, probabilities):
+    """Write `name` in CROSS_DIR whole or not at all (see _publish)."""
+    partial = os.path.join(CROSS_DIR, f".partial-{name}")
+    with open(partial, "wb") as file:
+        np.save(file, probabilities)
+    _publish(partial, name)
+
+
+def _publish(partial, name):
+    # `.ci/run` runs the environments at once, so another one may be listing CROSS_DIR while this one
+    # writes: a file appears under its name only once it is complete (os.replace is atomic; the dot
+    # keeps a partial file out of the globs), and a model's probabilities before the model.
+    os.replace(partial, os.path.join(CROSS_DIR, name))
+
+
 def test_save_a_trained_model_for_the_other_environments(train_set):
     train_gt, folder = train_set
     model = classification.train_classifier(train_gt, folder, fast_train=True)
-    classification.save_model(model, os.path.join(CROSS_DIR, f"{ENVIRONMENT}.hdf5"), CLASS_NAMES)
-    np.save(os.path.join(CROSS_DIR, f"{ENVIRONMENT}.npy"), model.predict(_pixels(), verbose=0))
+    _save_probabilities(f"{ENVIRONMENT}.npy", model.predict(_pixels(), verbose=0))
+    partial = os.path.join(CROSS_DIR, f".partial-{ENVIRONMENT}.hdf5")
+    classification.save_model(model, partial, CLASS_NAMES)
+    _publish(partial, f"{ENVIRONMENT}.hdf5")
     committed = keras.models.load_model(COMMITTED_MODEL)
-    np.save(os.path.join(CROSS_DIR, f"committed-{ENVIRONMENT}.npy"), committed.predict(_pixels(), verbose=0))
+    _save_probabilities(f"committed-{ENVIRONMENT}.npy", committed.predict(_pixels(), verbose=0))
 
 
 def test_every_environment_opens_every_saved_model_with_the_same_probabilities():

@@ -48,12 +48,15 @@ def test_harness_labels_every_test_image_and_prints_the_mark(small_tests_dir, ca
     assert run.score(datasets.read_gt(str(small_tests_dir / "00_output" / "output.csv")), expected) > 0.5
 
 
-def test_outputs_go_to_the_output_folder_and_an_unwritable_one_is_explained(small_tests_dir, tmp_path, capsys):
+def test_outputs_go_to_the_output_folder_and_an_unwritable_one_is_explained_before_training(
+    small_tests_dir, tmp_path, capsys, monkeypatch
+):
     output_root = tmp_path / "outputs"
     assert run.main([str(small_tests_dir), "--output", str(output_root)]) == 0
     assert (output_root / "00_output" / "output.csv").is_file()
     blocker = tmp_path / "a_file"
     blocker.write_text("")
+    monkeypatch.setattr(run.classification, "train_classifier", _fail_if_called)
     assert run.main([str(small_tests_dir), "--output", str(blocker)]) == 1
     assert "cannot write" in capsys.readouterr().err
 
@@ -93,3 +96,7 @@ def test_unreadable_model_file_is_explained(tmp_path):
 def test_missing_model_file_is_explained(tmp_path):
     with pytest.raises(run.HarnessError, match="model file not found"):
         run.load_model(str(tmp_path / "birds_model.hdf5"))
+
+
+def _fail_if_called(*args, **kwargs):
+    pytest.fail("trained before finding that the output folder cannot be written")
