@@ -44,30 +44,24 @@ def _loaders():
     return loaders
 
 
-def _save_probabilities(name, probabilities):
-    """Write `name` in CROSS_DIR whole or not at all (see _publish)."""
-    partial = os.path.join(CROSS_DIR, f".partial-{name}")
-    with open(partial, "wb") as file:
-        np.save(file, probabilities)
-    _publish(partial, name)
-
-
-def _publish(partial, name):
+def _write_whole(name, write):
+    """`write(path)` the file `name` of CROSS_DIR so that it appears there whole or not at all."""
     # `.ci/run` runs the environments at once, so another one may be listing CROSS_DIR while this one
-    # writes: a file appears under its name only once it is complete (os.replace is atomic; the dot
-    # keeps a partial file out of the globs), and a model's probabilities before the model.
+    # writes: a file is written under a dotted name, which the globs leave out, then renamed (os.replace
+    # is atomic), and a model's probabilities are written before the model.
+    partial = os.path.join(CROSS_DIR, f".partial-{name}")
+    write(partial)
     os.replace(partial, os.path.join(CROSS_DIR, name))
 
 
 def test_save_a_trained_model_for_the_other_environments(train_set):
     train_gt, folder = train_set
     model = classification.train_classifier(train_gt, folder, fast_train=True)
-    _save_probabilities(f"{ENVIRONMENT}.npy", model.predict(_pixels(), verbose=0))
-    partial = os.path.join(CROSS_DIR, f".partial-{ENVIRONMENT}.hdf5")
-    classification.save_model(model, partial, CLASS_NAMES)
-    _publish(partial, f"{ENVIRONMENT}.hdf5")
-    committed = keras.models.load_model(COMMITTED_MODEL)
-    _save_probabilities(f"committed-{ENVIRONMENT}.npy", committed.predict(_pixels(), verbose=0))
+    probabilities = model.predict(_pixels(), verbose=0)
+    _write_whole(f"{ENVIRONMENT}.npy", lambda path: np.save(path, probabilities))
+    _write_whole(f"{ENVIRONMENT}.hdf5", lambda path: classification.save_model(model, path, CLASS_NAMES))
+    committed = keras.models.load_model(COMMITTED_MODEL).predict(_pixels(), verbose=0)
+    _write_whole(f"committed-{ENVIRONMENT}.npy", lambda path: np.save(path, committed))
 
 
 def test_every_environment_opens_every_saved_model_with_the_same_probabilities():
