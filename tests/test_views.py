@@ -111,6 +111,10 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("fine_tune_learning_rate", "1e-4"),
         ("weight_decay", -1e-4),
         ("weight_decay", None),
+        ("fine_tune_warmup_epochs", -1),
+        ("fine_tune_warmup_epochs", 1.0),
+        # The cosine needs an epoch after the warmup: the recipe fine-tunes for 20.
+        ("fine_tune_warmup_epochs", classification.RECIPE.fine_tune_epochs),
     ],
 )
 def test_recipe_refuses_values_outside_their_range_or_type(field, value):
@@ -215,6 +219,19 @@ def test_a_model_takes_its_recipes_image_size_and_labels_images_of_any_size(trai
         classification.predict_probabilities(loaded, paths)[1], classification.predict_probabilities(model, paths)[1]
     )
     assert sorted(classification.classify(loaded, folder)) == sorted(train_gt)
+
+
+def test_a_warmup_is_deterministic_and_changes_fine_tuning(lever_base):
+    train_gt, folder, base, _ = lever_base
+    # A warmup needs an epoch of cosine after it, so both fine-tune for two epochs.
+    plain = dataclasses.replace(base, fine_tune_epochs=2)
+    warmed = dataclasses.replace(plain, fine_tune_warmup_epochs=1)
+    first, _ = classification.train(train_gt, folder, warmed)
+    second, _ = classification.train(train_gt, folder, warmed)
+    without, _ = classification.train(train_gt, folder, plain)
+    assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
+    assert any((a != b).any() for a, b in zip(first.get_weights(), without.get_weights()))
+    assert sorted(classification.classify(first, folder)) == sorted(train_gt)
 
 
 def test_weight_averaging_is_deterministic_and_changes_only_the_fine_tuned_weights(train_set):
