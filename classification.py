@@ -209,8 +209,9 @@ class Recipe:
     # Fine-tuning epochs at the start that raise the learning rate linearly from 0 to `fine_tune_learning_rate`, before
     # the cosine takes it down over the rest (a warmup: the first full-rate steps after the 4 head epochs drop
     # validation accuracy from 0.86 to 0.77, docs/training_curves.png). 0: none, the cosine from the full rate, as in
-    # the recipe: 2 of the 20 removed that drop (training accuracy 0.83 after the first fine-tuning epoch against
-    # 0.76) but not the final figures, 551 of 600 held-out photos on folds 0-1 against 554 (studies/README.md).
+    # the recipe: 2 of the 20 removed that drop (training accuracy 0.83 after the first fine-tuning epoch against 0.76,
+    # cross-validation fold 0) but not the final figures, 551 of 600 held-out photos on folds 0-1 against 554
+    # (studies/README.md).
     fine_tune_warmup_epochs: int = 0
     # A random subset of train_gt of at most this size; None: all of it.
     max_images: typing.Optional[int] = None
@@ -290,8 +291,8 @@ class Recipe:
     # against 0.920 (studies/README.md).
     fine_tune_depthwise: bool = False
     # Width of the hidden Dense layer of the head, and the dropout after it. In 3-fold cross-validation 1024 units
-    # scored 0.914 and dropout 0.5 0.916 against 0.922 (823 and 824 of 900 held-out photos against 830,
-    # studies/README.md).
+    # scored 0.914 and dropout 0.5 0.916 against 0.922 (823 and 824 of 900 held-out photos against 830); 128 units
+    # 545 of 600 on folds 0-1 against 554 (studies/README.md).
     hidden_units: int = 256
     dropout_rate: float = 0.3
     # Label smoothing regularises a 50-way softmax trained on 27 images per class.
