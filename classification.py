@@ -355,7 +355,7 @@ class Recipe:
             size = getattr(self, name)
             if not self._is_integer(size) or size < 32 or size % 32:
                 bad.append(f"{name}={size!r} (expected a multiple of 32, at least 32)")
-        for name in ("mixup_alpha", "cutmix_alpha", "weight_decay"):
+        for name in ("mixup_alpha", "cutmix_alpha", "weight_decay", "translation_factor", "rotation_factor"):
             value = getattr(self, name)
             if not self._is_number(value) or value < 0:
                 bad.append(f"{name}={value!r} (expected a number >= 0)")
@@ -363,7 +363,7 @@ class Recipe:
             value = getattr(self, name)
             if not self._is_number(value) or value <= 0:
                 bad.append(f"{name}={value!r} (expected a number > 0)")
-        for name in ("saturation_factor", "erasing_probability"):
+        for name in ("saturation_factor", "erasing_probability", "contrast_factor"):
             value = getattr(self, name)
             if not self._is_number(value) or not 0 <= value <= 1:
                 bad.append(f"{name}={value!r} (expected a number from 0 to 1)")
@@ -373,6 +373,15 @@ class Recipe:
             value = getattr(self, name)
             if not self._is_number(value) or not 0 <= value < 1:
                 bad.append(f"{name}={value!r} (expected a number >= 0 and < 1)")
+        # A zoom of 0 would sample a single pixel; above 1 a view zooms out, into the reflected border.
+        zoom = self.zoom_range
+        if not (
+            isinstance(zoom, (tuple, list))
+            and len(zoom) == 2
+            and all(self._is_number(value) for value in zoom)
+            and 0 < zoom[0] <= zoom[1]
+        ):
+            bad.append(f"zoom_range={zoom!r} (expected two numbers, low and high, with 0 < low <= high)")
         for name in ("member_views", "fine_tune_depthwise"):
             if not isinstance(getattr(self, name), bool):
                 bad.append(f"{name}={getattr(self, name)!r} (expected True or False)")

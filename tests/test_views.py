@@ -115,6 +115,13 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("fine_tune_warmup_epochs", 1.0),
         # The cosine needs an epoch after the warmup: the recipe fine-tunes for 20.
         ("fine_tune_warmup_epochs", classification.RECIPE.fine_tune_epochs),
+        ("zoom_range", (0.0, 1.0)),
+        ("zoom_range", (1.0, 0.7)),
+        ("zoom_range", 0.7),
+        ("zoom_range", (0.7, "1.0")),
+        ("translation_factor", -0.1),
+        ("rotation_factor", None),
+        ("contrast_factor", 1.5),
     ],
 )
 def test_recipe_refuses_values_outside_their_range_or_type(field, value):
