@@ -428,9 +428,9 @@ def run_single_test(data_dir, output_dir):
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as error:
-        raise HarnessError(f"cannot write {output_dir!r} ({error.strerror}): the output folder must be writable")
+        raise _unwritable_output(output_dir, error)
     if not os.access(output_dir, os.W_OK):
-        raise HarnessError(f"cannot write {output_dir!r}: the output folder must be writable")
+        raise _unwritable_output(output_dir)
     start = time.time()
     classification.train_classifier(train_gt, os.path.join(train_dir, "images"), fast_train=True)
     train_seconds = time.time() - start
@@ -441,7 +441,7 @@ def run_single_test(data_dir, output_dir):
     try:
         datasets.write_gt(os.path.join(output_dir, "output.csv"), labels)
     except OSError as error:
-        raise HarnessError(f"cannot write {output_dir!r} ({error.strerror}): the output folder must be writable")
+        raise _unwritable_output(output_dir, error)
     return train_seconds, classify_seconds
 
 
@@ -557,6 +557,12 @@ def _say_passed_over(files, folder):
     if files:
         shown = ", ".join(files[:FILES_SHOWN]) + (", ..." if len(files) > FILES_SHOWN else "")
         print(f"Passed over {len(files)} file(s) in {folder} that are not images: {shown}")
+
+
+def _unwritable_output(output_dir, error=None):
+    """The HarnessError for an output folder that cannot be made or written, with the system's reason if any."""
+    reason = f" ({error.strerror})" if error is not None else ""
+    return HarnessError(f"cannot write {output_dir!r}{reason}: the output folder must be writable")
 
 
 def _exactly(paths, count, usage):
