@@ -88,6 +88,7 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("ema_momentum", -0.1),
         ("member_views", 1),
         ("fine_tune_depthwise", "no"),
+        ("head_max_pooling", 1),
         ("train_image_size", 200),
         ("train_image_size", 0),
         ("train_image_size", True),
@@ -239,6 +240,28 @@ def test_a_warmup_is_deterministic_and_changes_fine_tuning(lever_base):
     assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
     assert any((a != b).any() for a, b in zip(first.get_weights(), without.get_weights()))
     assert sorted(classification.classify(first, folder)) == sorted(train_gt)
+
+
+def test_max_pooling_in_the_head_is_deterministic_and_round_trips_in_an_ensemble(lever_base, tmp_path):
+    train_gt, folder, base, _ = lever_base
+    # Two members: `ensemble` must copy the head's two pooling branches and their concatenation too.
+    recipe = dataclasses.replace(base, head_max_pooling=True, ensemble_members=2)
+    first, _ = classification.train(train_gt, folder, recipe)
+    second, _ = classification.train(train_gt, folder, recipe)
+    assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
+    assert len(classification.member_probabilities(first)) == 2
+    # Each member's hidden layer takes the average and the largest value of each of the backbone's channels.
+    channels = first.get_layer("head_pooling").output.shape[-1]
+    for name in ("head_dense", f"head_dense{classification.MEMBER_SUFFIX}2"):
+        assert first.get_layer(name).get_weights()[0].shape[0] == 2 * channels
+    path = str(tmp_path / "model.hdf5")
+    classification.save_model(first, path)
+    loaded = keras.models.load_model(path)
+    paths = [os.path.join(folder, name) for name in sorted(train_gt)]
+    np.testing.assert_allclose(
+        classification.predict_probabilities(loaded, paths)[1], classification.predict_probabilities(first, paths)[1]
+    )
+    assert sorted(classification.classify(loaded, folder)) == sorted(train_gt)
 
 
 def test_weight_averaging_is_deterministic_and_changes_only_the_fine_tuned_weights(train_set):
