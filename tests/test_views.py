@@ -89,6 +89,8 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("member_views", 1),
         ("fine_tune_depthwise", "no"),
         ("head_max_pooling", 1),
+        ("cosine_scale", -16.0),
+        ("cosine_scale", "16"),
         ("train_image_size", 200),
         ("train_image_size", 0),
         ("train_image_size", True),
@@ -261,6 +263,32 @@ def test_max_pooling_in_the_head_is_deterministic_and_round_trips_in_an_ensemble
     np.testing.assert_allclose(
         classification.predict_probabilities(loaded, paths)[1], classification.predict_probabilities(first, paths)[1]
     )
+    assert sorted(classification.classify(loaded, folder)) == sorted(train_gt)
+
+
+def test_a_cosine_classifier_is_deterministic_keeps_unit_weights_and_round_trips(lever_base, tmp_path):
+    train_gt, folder, base, _ = lever_base
+    scale = 16.0
+    recipe = dataclasses.replace(base, cosine_scale=scale)
+    first, _ = classification.train(train_gt, folder, recipe)
+    second, _ = classification.train(train_gt, folder, recipe)
+    assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
+    # Every species' weights end at unit length.
+    (kernel,) = first.get_layer("head_cosine").get_weights()
+    np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
+    path = str(tmp_path / "model.hdf5")
+    classification.save_model(first, path)
+    loaded = keras.models.load_model(path)
+    paths = [os.path.join(folder, name) for name in sorted(train_gt)]
+    probabilities = classification.predict_probabilities(loaded, paths)[1]
+    np.testing.assert_allclose(probabilities, classification.predict_probabilities(first, paths)[1], rtol=1e-5)
+    # The probabilities are the softmax of the scale times the cosine of the head's features to each species' weights,
+    # computed here apart from the model's last layers.
+    _, images = classification.decode_images(paths, first.input_shape[1])
+    features = keras.Model(first.inputs, first.get_layer("head_relu").output).predict(images, verbose=0)
+    logits = scale * (features / np.linalg.norm(features, axis=1, keepdims=True)) @ kernel
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probabilities, expected / expected.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
     assert sorted(classification.classify(loaded, folder)) == sorted(train_gt)
 
 
