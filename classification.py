@@ -297,7 +297,9 @@ class Recipe:
     dropout_rate: float = 0.3
     # Whether the head pools each of the last feature map's channels by its largest value as well as by its mean,
     # the two concatenated (fastai's concat pooling): the mean weighs every cell of the 7 x 7 map alike, where the
-    # few cells on a wing bar or an eye ring tell close species apart. False: the mean alone, as in the recipe.
+    # few cells on a wing bar or an eye ring tell close species apart. False: the mean alone, as in the recipe: with
+    # both, 3-fold cross-validation scored 0.916 (0.933 / 0.913 / 0.900) against 0.922, 824 of 900 held-out photos
+    # against 830 (studies/README.md).
     head_max_pooling: bool = False
     # A cosine classifier (Baseline++ of Chen et al. 2019, NormFace): the head's features and each species' weights
     # scaled to unit length, so a logit is this scale times their cosine. Where a plain Dense layer can raise a

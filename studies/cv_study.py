@@ -147,7 +147,8 @@ VARIANTS = {
     # (fastai's concat pooling, its default head) keeps them; 1280 more inputs to the hidden layer, about 0.3 million
     # weights a member (1.3 MB in the file), nothing to the backbone's time. Rejected once, long before mixup, on a
     # 150-photo validation split (0.920 against 0.933, studies/README.md), where the concern was overfitting 27 photos
-    # a species, which mixup now counters; never cross-validated.
+    # a species, which mixup now counters; never cross-validated. 0.916 (0.933 / 0.913 / 0.900) against 0.922, 824 of
+    # 900 photos against 830: not adopted (studies/README.md).
     "max pooling too": {"head_max_pooling": True},
     # Issue 15: a cosine classifier (`Recipe.cosine_scale`, Baseline++ of Chen et al. 2019): the last layer compares
     # the direction of a photo's features with each species' weights, not their lengths; few-shot studies on CUB
