@@ -306,7 +306,8 @@ class Recipe:
     # species' logit by the length of its weights, here only by the direction, which few-shot studies on CUB found
     # to generalise better from few photos a species. The scale bounds the logits: at 16 a photo at cosine 1 to its
     # species and 0 to the other 49 gets 0.9999, above label smoothing's 0.902 target. 0: the plain Dense layer and
-    # its bias, as in the recipe.
+    # its bias, as in the recipe: at 16, 3-fold cross-validation scored 0.920 (0.937 / 0.910 / 0.913) against 0.922, 828
+    # of 900 held-out photos against 830 (studies/README.md).
     cosine_scale: float = 0.0
     # Label smoothing regularises a 50-way softmax trained on 27 images per class.
     label_smoothing: float = 0.1

@@ -67,6 +67,11 @@ NOT_BIRD_PHOTOS = (
 FEATURE_LAYER = "head_relu"
 POOLED_LAYER = "head_pooling"
 LOGIT_LAYER = "probabilities"
+# The last layers of a cosine classifier (`Recipe.cosine_scale`): its logits are the scale times the cosine of the
+# head's features to each species' unit weights, which the scores below read as the logits of the scaled unit
+# features by those weights, with no bias.
+COSINE_LAYER = "head_cosine"
+COSINE_SCALE_LAYER = "head_cosine_scale"
 # Neighbours for the k-nearest-neighbour score (Sun et al. 2022 take the k-th nearest of the normalised
 # features; with 24 photos a species, a few neighbours).
 NEIGHBOURS = 5
@@ -206,7 +211,13 @@ class _Scorer:
         outputs = [pooled, features, *members, model.output]
         self.features_model = keras.Model(model.inputs, keras.layers.Concatenate()(outputs))
         self.pooled_size, self.classes, self.members = pooled.shape[-1], model.output_shape[-1], len(members)
-        self.kernel, self.bias = (np.asarray(weight) for weight in model.get_layer(LOGIT_LAYER).get_weights())
+        self.cosine_scale = None
+        if COSINE_LAYER in [layer.name for layer in model.layers]:
+            (self.kernel,) = (np.asarray(weight) for weight in model.get_layer(COSINE_LAYER).get_weights())
+            self.bias = np.zeros(self.kernel.shape[1], self.kernel.dtype)
+            self.cosine_scale = model.get_layer(COSINE_SCALE_LAYER).get_config()["scale"]
+        else:
+            self.kernel, self.bias = (np.asarray(weight) for weight in model.get_layer(LOGIT_LAYER).get_weights())
         decoded, every = classification.predict_probabilities(self.features_model, train_paths)
         pooled, features, _, _ = self._parts(every)
         labels = np.array([fit_gt[train_names[index]] for index in decoded])
@@ -219,7 +230,7 @@ class _Scorer:
         self.train_pooled = _unit(pooled)
         self.train_features = _unit(features)
         self.react_clip = np.percentile(features, REACT_PERCENTILE)
-        self.vim = _Vim(features, self.kernel, self.bias)
+        self.vim = _Vim(self._logit_features(features), self.kernel, self.bias)
         centred = pooled - self.means["pooled"][labels]
         covariance = centred.T @ centred / len(centred) + COVARIANCE_SHRINKAGE * np.eye(pooled.shape[1])
         self.precision = np.linalg.inv(covariance)
@@ -246,13 +257,13 @@ class _Scorer:
         pooled, features, members, probabilities = self._parts(every)
         _, mirrored = classification.predict_probabilities(self.features_model, paths, ("flipped image",))
         flip_averaged = (probabilities + self._parts(mirrored)[3]) / 2
-        logits = features @ self.kernel + self.bias
+        logits = self._logit_features(features) @ self.kernel + self.bias
         energy = _logsumexp(logits)
         ranked = np.sort(probabilities, axis=1)
         unit = _unit(features)
         similarities = np.sort(_unit(pooled) @ self.train_pooled.T, axis=1)
         head_similarities = np.sort(unit @ self.train_features.T, axis=1)
-        clipped_logits = np.minimum(features, self.react_clip) @ self.kernel + self.bias
+        clipped_logits = self._logit_features(np.minimum(features, self.react_clip)) @ self.kernel + self.bias
         mahalanobis = _mahalanobis(pooled, self.means["pooled"], self.precision).min(axis=1)
         scores = {
             "largest probability": ranked[:, -1],
@@ -273,7 +284,7 @@ class _Scorer:
             f"cosine to {NEIGHBOURS}th nearest training photo (head)": head_similarities[:, -NEIGHBOURS],
             f"cosine to {NEIGHBOURS}th nearest training photo (pooled)": similarities[:, -NEIGHBOURS],
             f"ViM, {VIM_PRINCIPAL} principal dimensions of the head's features": energy
-            - self.vim.virtual_logits(features),
+            - self.vim.virtual_logits(self._logit_features(features)),
             # GradNorm (Huang et al. 2021): the L1 norm of the last layer's weight gradient of the KL divergence
             # from the uniform answer, in closed form, larger where the model is sure of its species.
             "GradNorm": np.abs(features).sum(axis=1) * np.abs(_softmax(logits) - 1 / logits.shape[1]).sum(axis=1),
@@ -296,6 +307,11 @@ class _Scorer:
         if labels is None:
             return scores, []
         return scores, [labels[index] == label for index, label in zip(decoded, np.argmax(probabilities, axis=1))]
+
+    def _logit_features(self, features):
+        """What the logits are `self.kernel` and `self.bias` of: the head's features, or for a cosine classifier
+        the same scaled to the length of its scale."""
+        return features if self.cosine_scale is None else self.cosine_scale * _unit(features)
 
     def _parts(self, every):
         """(pooled features, head features, members' probabilities (members, photos, classes), probabilities) of
