@@ -221,14 +221,7 @@ def test_a_model_takes_its_recipes_image_size_and_labels_images_of_any_size(trai
     recipe = dataclasses.replace(classification.FAST_RECIPE, crop_views=1, **changes)
     model, _ = classification.train(train_gt, folder, recipe)
     assert model.input_shape == (None, saved_size, saved_size, 3)
-    path = str(tmp_path / "model.hdf5")
-    classification.save_model(model, path)
-    loaded = keras.models.load_model(path)
-    paths = [os.path.join(folder, name) for name in sorted(train_gt)]
-    np.testing.assert_allclose(
-        classification.predict_probabilities(loaded, paths)[1], classification.predict_probabilities(model, paths)[1]
-    )
-    assert sorted(classification.classify(loaded, folder)) == sorted(train_gt)
+    _round_trip(model, train_gt, folder, tmp_path)
 
 
 def test_a_warmup_is_deterministic_and_changes_fine_tuning(lever_base):
@@ -256,14 +249,7 @@ def test_max_pooling_in_the_head_is_deterministic_and_round_trips_in_an_ensemble
     channels = first.get_layer("head_pooling").output.shape[-1]
     for name in ("head_dense", f"head_dense{classification.MEMBER_SUFFIX}2"):
         assert first.get_layer(name).get_weights()[0].shape[0] == 2 * channels
-    path = str(tmp_path / "model.hdf5")
-    classification.save_model(first, path)
-    loaded = keras.models.load_model(path)
-    paths = [os.path.join(folder, name) for name in sorted(train_gt)]
-    np.testing.assert_allclose(
-        classification.predict_probabilities(loaded, paths)[1], classification.predict_probabilities(first, paths)[1]
-    )
-    assert sorted(classification.classify(loaded, folder)) == sorted(train_gt)
+    _round_trip(first, train_gt, folder, tmp_path)
 
 
 def test_a_cosine_classifier_is_deterministic_keeps_unit_weights_and_round_trips(lever_base, tmp_path):
@@ -276,12 +262,7 @@ def test_a_cosine_classifier_is_deterministic_keeps_unit_weights_and_round_trips
     # Every species' weights end at unit length.
     (kernel,) = first.get_layer("head_cosine").get_weights()
     np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
-    path = str(tmp_path / "model.hdf5")
-    classification.save_model(first, path)
-    loaded = keras.models.load_model(path)
-    paths = [os.path.join(folder, name) for name in sorted(train_gt)]
-    probabilities = classification.predict_probabilities(loaded, paths)[1]
-    np.testing.assert_allclose(probabilities, classification.predict_probabilities(first, paths)[1], rtol=1e-5)
+    paths, probabilities = _round_trip(first, train_gt, folder, tmp_path)
     # The probabilities are the softmax of the scale times the cosine of the head's features to each species' weights,
     # computed here apart from the model's last layers.
     _, images = classification.decode_images(paths, first.input_shape[1])
@@ -289,7 +270,6 @@ def test_a_cosine_classifier_is_deterministic_keeps_unit_weights_and_round_trips
     logits = scale * (features / np.linalg.norm(features, axis=1, keepdims=True)) @ kernel
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(probabilities, expected / expected.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
-    assert sorted(classification.classify(loaded, folder)) == sorted(train_gt)
 
 
 def test_weight_averaging_is_deterministic_and_changes_only_the_fine_tuned_weights(train_set):
@@ -367,3 +347,16 @@ def test_bird_boxes_give_one_box_inside_the_image_per_decoded_file(small_model, 
     assert list(decoded) == list(range(len(image_paths))) and boxes.shape == (len(image_paths), 4)
     assert (boxes >= 0).all() and (boxes <= 1).all()
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+
+
+def _round_trip(model, train_gt, folder, tmp_path):
+    """Save `model` to an HDF5 file, open it with plain `keras.models.load_model`, and check that the file gives the
+    same probabilities and labels every image of `folder` once. Returns (the image paths, the file's probabilities)."""
+    path = str(tmp_path / "model.hdf5")
+    classification.save_model(model, path)
+    loaded = keras.models.load_model(path)
+    paths = [os.path.join(folder, name) for name in sorted(train_gt)]
+    probabilities = classification.predict_probabilities(loaded, paths)[1]
+    np.testing.assert_allclose(probabilities, classification.predict_probabilities(model, paths)[1])
+    assert sorted(classification.classify(loaded, folder)) == sorted(train_gt)
+    return paths, probabilities
