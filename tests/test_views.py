@@ -91,6 +91,8 @@ def test_the_crop_box_is_a_square_around_the_strongest_region_inside_the_image()
         ("head_max_pooling", 1),
         ("cosine_scale", -16.0),
         ("cosine_scale", "16"),
+        ("bilinear_channels", -1),
+        ("bilinear_channels", 8.0),
         ("train_image_size", 200),
         ("train_image_size", 0),
         ("train_image_size", True),
@@ -270,6 +272,32 @@ def test_a_cosine_classifier_is_deterministic_keeps_unit_weights_and_round_trips
     logits = scale * (features / np.linalg.norm(features, axis=1, keepdims=True)) @ kernel
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(probabilities, expected / expected.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+def test_bilinear_pooling_is_deterministic_round_trips_in_an_ensemble_and_pools_outer_products(lever_base, tmp_path):
+    train_gt, folder, base, _ = lever_base
+    channels = 8
+    # Two members: `ensemble` must copy the product of a tensor with itself too.
+    recipe = dataclasses.replace(base, bilinear_channels=channels, ensemble_members=2)
+    first, _ = classification.train(train_gt, folder, recipe)
+    second, _ = classification.train(train_gt, folder, recipe)
+    assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
+    assert len(classification.member_probabilities(first)) == 2
+    paths, _ = _round_trip(first, train_gt, folder, tmp_path)
+    # The pooled features are the sum over the cells of each cell's outer product of its reduced features with
+    # itself, at unit length, computed here apart from the model's layers.
+    _, images = classification.decode_images(paths, first.input_shape[1])
+    reduced = keras.Model(first.inputs, first.get_layer("head_bilinear_relu").output).predict(images, verbose=0)
+    cells = reduced.reshape(len(paths), -1, channels)
+    products = np.einsum("ncj,nck->njk", cells, cells).reshape(len(paths), -1)
+    expected = products / np.linalg.norm(products, axis=1, keepdims=True)
+    pooled = keras.Model(first.inputs, first.get_layer("head_pooling").output).predict(images, verbose=0)
+    np.testing.assert_allclose(pooled, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_bilinear_and_max_pooling_together_are_refused():
+    with pytest.raises(ValueError, match="head_max_pooling=True with bilinear_channels=8"):
+        dataclasses.replace(classification.RECIPE, head_max_pooling=True, bilinear_channels=8)
 
 
 def test_weight_averaging_is_deterministic_and_changes_only_the_fine_tuned_weights(train_set):
