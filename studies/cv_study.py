@@ -158,9 +158,13 @@ VARIANTS = {
     "cosine classifier": {"cosine_scale": 16.0},
     # Issue 15: bilinear pooling (`Recipe.bilinear_channels`, B-CNN of Lin et al. 2015), the classic lever of
     # fine-grained recognition, aimed at the errors left, between close species: the head pools which parts show
-    # together (a 64 x 64 matrix of the reduced channels' co-occurrences) instead of each channel's mean. About a
-    # million weights more a member (4 MB of file), a 1 x 1 convolution on the 7 x 7 map: nothing to the backbone's time.
+    # together (a 64 x 64 matrix of the reduced channels' co-occurrences) instead of each channel's mean. About 0.8
+    # million weights more a member (3.2 MB of file), a 1 x 1 convolution on the 7 x 7 map: about 6 % more time a fold.
+    # 0.926 (0.933 / 0.917 / 0.927) against 0.922, 833 of 900 photos against 830: the rule met at its edge.
     "bilinear pooling 64": {"bilinear_channels": 64},
+    # Its 833 of 900 met the rule (833) at its edge, the top of the spread of the recipe's three seeds: the same
+    # variant with the recipe's second seed, against the recipe's 833 with seed 7, before it is adopted.
+    "bilinear pooling 64, seed 7": {"bilinear_channels": 64, "seed": 7},
 }
 VARIANTS.update(
     (name, {**BEFORE_FROZEN_DEPTHWISE, **changes})
