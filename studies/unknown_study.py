@@ -26,7 +26,9 @@ are the first member's, as the product's cosine test reads them; two more scores
 probabilities (how much they disagree).
 
 Needs scikit-image (`pip install scikit-image`, a study dependency only) for the photos that are not birds.
-Writes OUT_DIR/study.jsonl (one line per split), OUT_DIR/models/splitN.hdf5, and prints Markdown tables.
+Writes OUT_DIR/study.jsonl (one line per split), OUT_DIR/models/splitN.hdf5, prints Markdown tables, and draws
+OUT_DIR/answered_unknown.png: the share of each kind of photo that the product's rule answers "unknown" at each
+`--min-confidence`, the photos of every split together (the README's picture of what to expect).
 """
 
 import argparse
@@ -39,6 +41,7 @@ import keras
 import numpy as np
 import skimage.data
 import skimage.util
+from matplotlib.figure import Figure
 from PIL import Image
 
 import classification
@@ -94,6 +97,26 @@ COMBINED = ("largest probability", "cosine to nearest class mean")
 # species' photos caught, and whether the species shares its group name (the last word of its name: "Gull",
 # "Grebe", "Kingfisher") with a known species, a stand-in for a close relative among the model's species.
 BY_SPECIES = ("largest probability", " or ".join(COMBINED))
+# The kinds of photo the picture of the answers draws, each by the share the product's rule answers "unknown" at each
+# threshold of the largest probability (`--min-confidence`), with the cosine test at the product's default: the
+# model's own species (held out), unseen species with and without a namesake among the known (BY_SPECIES), not birds.
+ANSWER_GROUPS = (
+    "own species (held-out photos)",
+    "unseen species, a namesake among the known",
+    "unseen species, no namesake among the known",
+    "not birds",
+)
+# The thresholds the picture runs over, in steps of a point: at 60 % nearly every photo of an unseen species is
+# "unknown", and so are too many of the model's own.
+ANSWER_THRESHOLDS = np.linspace(0.0, 0.6, 61)
+# Issue 16's targets, drawn across the picture: at most 5 % of the model's own species' photos "unknown", at least
+# 60 % of the unseen species' and 90 % of the non-birds'.
+UNSEEN_TARGET = 0.6
+ISSUE_TARGETS = {
+    "own species: at most 5 %": 0.05,
+    "unseen species: at least 60 %": UNSEEN_TARGET,
+    "not birds: at least 90 %": 0.9,
+}
 # Quick mode: a few photos per species and little training.
 QUICK_IMAGES_PER_CLASS = 10
 QUICK_CHANGES = {"views": 1, "head_epochs": 1, "fine_tune_epochs": 1}
@@ -142,6 +165,8 @@ def main():
     print(f"Keras {keras.__version__} on {keras.backend.backend()}; splits {splits}")
 
     results = []
+    # Each ANSWER_GROUPS kind's (largest probability, cosine to the nearest class mean) pairs, split after split.
+    answer_scores = {group: [] for group in ANSWER_GROUPS}
     with open(os.path.join(args.out_dir, "study.jsonl"), "a") as log:
         for split in splits:
             rng = np.random.default_rng([SPLIT_SEED, split])
@@ -187,15 +212,25 @@ def main():
                 )
             scored = (known_scores, unknown_scores, not_bird_scores, test_known_scores, test_unknown_scores)
             result["scores"][" or ".join(COMBINED)] = _combined(*scored)
-            result["by_species"] = _by_species(
-                result["scores"], unknown_scores, [train_gt[name] for name in unknown_names], known, class_names
+            unknown_labels = [train_gt[name] for name in unknown_names]
+            result["by_species"] = _by_species(result["scores"], unknown_scores, unknown_labels, known, class_names)
+            known_groups = {cv_study.group_name(class_names[label]) for label in known}
+            namesake = np.array([cv_study.group_name(class_names[label]) in known_groups for label in unknown_labels])
+            kinds = (
+                (known_scores, slice(None)),
+                (unknown_scores, namesake),
+                (unknown_scores, ~namesake),
+                (not_bird_scores, slice(None)),
             )
+            for group, (scores, rows) in zip(ANSWER_GROUPS, kinds):
+                answer_scores[group].append(np.column_stack([scores[score] for score in COMBINED])[rows])
             print(f"split {split} (unknown {unknown}): held-out accuracy {result['held_out_accuracy']:.3f}")
             log.write(json.dumps(result) + "\n")
             log.flush()
             results.append(result)
 
     _print_tables(results)
+    _draw_answers(answer_scores, os.path.join(args.out_dir, "answered_unknown.png"))
 
 
 class _Scorer:
@@ -450,6 +485,58 @@ def _write_not_bird_photos(folder):
     sky = (1 - rows) * np.array([70, 130, 220]) + rows * np.array([170, 205, 245])
     Image.fromarray(np.broadcast_to(sky, (240, 320, 3)).astype(np.uint8)).save(os.path.join(folder, "sky.png"))
     return folder
+
+
+def _draw_answers(answer_scores, path):
+    """Draw, for each ANSWER_GROUPS kind of photo, the share the product's rule (`classification.unknown_answers`)
+    answers "unknown" at each of ANSWER_THRESHOLDS, the cosine test at its default, into the PNG file `path`; print
+    the shares at the default threshold and the threshold where the unseen species reach their target."""
+    figure = Figure(figsize=(9, 6), layout="constrained")
+    axes = figure.add_subplot()
+    shares = {}
+    for group, pairs in answer_scores.items():
+        pairs = np.concatenate(pairs)
+        if not len(pairs):
+            continue
+        shares[group] = np.array(
+            [
+                classification.unknown_answers(
+                    pairs[:, :1], threshold, pairs[:, 1], classification.DEFAULT_MIN_SIMILARITY
+                ).mean()
+                for threshold in ANSWER_THRESHOLDS
+            ]
+        )
+        axes.plot(100 * ANSWER_THRESHOLDS, 100 * shares[group], linewidth=2, label=f"{group}: {len(pairs)} photos")
+    for label, target in ISSUE_TARGETS.items():
+        axes.axhline(100 * target, color="grey", linewidth=0.8, linestyle=":")
+        axes.annotate(label, (1, 100 * target), ha="left", va="bottom", color="grey")
+    default = 100 * classification.DEFAULT_MIN_CONFIDENCE
+    axes.axvline(default, color="black", linewidth=1, linestyle="--", label=f"the default, {default:.0f} %")
+    axes.set(
+        xlabel='--min-confidence: largest probability below which the answer is "unknown" (%)',
+        ylabel='photos answered "unknown" (%)',
+        xlim=(0, 100 * ANSWER_THRESHOLDS[-1]),
+        ylim=(0, 100),
+        title=f'What the rule answers "unknown" (cosine test at {classification.DEFAULT_MIN_SIMILARITY}), '
+        "trained on 40 species, 10 left out as unseen",
+    )
+    axes.grid(alpha=0.3)
+    figure.legend(loc="outside lower center", ncols=2)
+    figure.savefig(path, dpi=100)
+    at_default = np.searchsorted(ANSWER_THRESHOLDS, classification.DEFAULT_MIN_CONFIDENCE)
+    print(f"\nAnswered unknown at the default {ANSWER_THRESHOLDS[at_default]:.2f}: ", end="")
+    print(", ".join(f"{group} {share[at_default]:.0%}" for group, share in shares.items()))
+    unseen = [group for group in shares if group.startswith("unseen")]
+    counts = [len(np.concatenate(answer_scores[group])) for group in unseen]
+    unseen_shares = np.average([shares[group] for group in unseen], axis=0, weights=counts) if unseen else []
+    reached = np.flatnonzero(np.asarray(unseen_shares) >= UNSEEN_TARGET)
+    if len(reached):
+        first = reached[0]
+        print(
+            f"unseen species reach {UNSEEN_TARGET:.0%} at {ANSWER_THRESHOLDS[first]:.2f}, where "
+            + ", ".join(f"{group} {share[first]:.0%}" for group, share in shares.items())
+        )
+    print(f"Drew {path}")
 
 
 def _print_tables(results):
