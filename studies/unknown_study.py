@@ -491,21 +491,21 @@ def _draw_answers(answer_scores, path):
     """Draw, for each ANSWER_GROUPS kind of photo, the share the product's rule (`classification.unknown_answers`)
     answers "unknown" at each of ANSWER_THRESHOLDS, the cosine test at its default, into the PNG file `path`; print
     the shares at the default threshold and the threshold where the unseen species reach their target."""
+
+    def answered(pairs, threshold):
+        return classification.unknown_answers(
+            pairs[:, :1], threshold, pairs[:, 1], classification.DEFAULT_MIN_SIMILARITY
+        ).mean()
+
     figure = Figure(figsize=(9, 6), layout="constrained")
     axes = figure.add_subplot()
-    shares = {}
+    shares, at_default = {}, {}
     for group, pairs in answer_scores.items():
         pairs = np.concatenate(pairs)
         if not len(pairs):
             continue
-        shares[group] = np.array(
-            [
-                classification.unknown_answers(
-                    pairs[:, :1], threshold, pairs[:, 1], classification.DEFAULT_MIN_SIMILARITY
-                ).mean()
-                for threshold in ANSWER_THRESHOLDS
-            ]
-        )
+        shares[group] = np.array([answered(pairs, threshold) for threshold in ANSWER_THRESHOLDS])
+        at_default[group] = answered(pairs, classification.DEFAULT_MIN_CONFIDENCE)
         axes.plot(100 * ANSWER_THRESHOLDS, 100 * shares[group], linewidth=2, label=f"{group}: {len(pairs)} photos")
     for label, target in ISSUE_TARGETS.items():
         axes.axhline(100 * target, color="grey", linewidth=0.8, linestyle=":")
@@ -523,9 +523,8 @@ def _draw_answers(answer_scores, path):
     axes.grid(alpha=0.3)
     figure.legend(loc="outside lower center", ncols=2)
     figure.savefig(path, dpi=100)
-    at_default = np.searchsorted(ANSWER_THRESHOLDS, classification.DEFAULT_MIN_CONFIDENCE)
-    print(f"\nAnswered unknown at the default {ANSWER_THRESHOLDS[at_default]:.2f}: ", end="")
-    print(", ".join(f"{group} {share[at_default]:.0%}" for group, share in shares.items()))
+    print(f"\nAnswered unknown at the default {classification.DEFAULT_MIN_CONFIDENCE}: ", end="")
+    print(", ".join(f"{group} {share:.0%}" for group, share in at_default.items()))
     unseen = [group for group in shares if group.startswith("unseen")]
     counts = [len(np.concatenate(answer_scores[group])) for group in unseen]
     unseen_shares = np.average([shares[group] for group in unseen], axis=0, weights=counts) if unseen else []
