@@ -13,6 +13,8 @@ features, from which the logits follow exactly, and the model's own probabilitie
 The public test reports, never chooses: its 40 known species' photos and its 10 unknown ones, scored with
 the threshold chosen on the training photos. The unseen species' shares caught are also given by species
 and grouped by whether a known species shares their group name ("Gull", "Grebe"): a close relative or not.
+The product's rule (largest probability or cosine) is also scored with the known photos it rejects split otherwise
+between its two thresholds (COSINE_SHARES), each split's best share and the share chosen on the other splits.
 
     python -m studies.unknown_study DATA_DIR OUT_DIR [--splits 0 1 2]     # from the project folder
     python -m studies.unknown_study DATA_DIR OUT_DIR --quick              # smoke test, a few minutes
@@ -93,6 +95,10 @@ COVARIANCE_SHRINKAGE = 1e-3
 # threshold, the two thresholds keeping the same share of known photos each, as small as lets the rule keep
 # KEPT_KNOWN of them (`classification.unknown_thresholds`).
 COMBINED = ("largest probability", "cosine to nearest class mean")
+# Another split of the known photos the rule may reject between its two thresholds: the cosine's share of them, from
+# 0 (the largest probability alone) to 1 (the cosine alone), in tenths; the product's rule keeps equal shares (0.5).
+# Each is scored on every split; the share is then chosen on two splits and scored on the third (leave one split out).
+COSINE_SHARES = np.linspace(0.0, 1.0, 11)
 # The scores by unseen species: for the largest probability and for the product's rule, the share of each unseen
 # species' photos caught, and whether the species shares its group name (the last word of its name: "Gull",
 # "Grebe", "Kingfisher") with a known species, a stand-in for a close relative among the model's species.
@@ -214,6 +220,7 @@ def main():
                 )
             scored = (known_scores, unknown_scores, not_bird_scores, test_known_scores, test_unknown_scores)
             result["scores"][" or ".join(COMBINED)] = _combined(*scored)
+            result["cosine_shares"] = _cosine_shares(known_scores, unknown_scores, not_bird_scores)
             unknown_labels = [train_gt[name] for name in unknown_names]
             result["by_species"] = _by_species(result["scores"], unknown_scores, unknown_labels, known, class_names)
             namesake = _namesakes(unknown_labels, known, class_names)
@@ -404,6 +411,38 @@ def _combined(known, unknown, not_birds, test_known, test_unknown):
     )
 
 
+def _cosine_shares(known, unknown, not_birds):
+    """[{cosine_share, threshold, caught, not_birds}] for each of COSINE_SHARES: the COMBINED rule whose cosine
+    threshold rejects that share of the known photos it rejects, the largest probability the rest, as many in all as
+    still keeps KEPT_KNOWN of them."""
+    pairs = [np.column_stack([scores[score] for score in COMBINED]) for scores in (known, unknown, not_birds)]
+
+    def answered(photos, thresholds):
+        return classification.unknown_answers(photos[:, :1], thresholds[0], photos[:, 1], thresholds[1])
+
+    rows = []
+    for share in COSINE_SHARES:
+        # The rule rejects at least the larger and at most the sum of its two scores' rejected shares, so a sum of
+        # up to twice 1 - KEPT_KNOWN covers it; the rejected photos grow with the sum, so the last that keeps holds.
+        kept_thresholds = []
+        for total in np.arange(0, 2 * (1 - KEPT_KNOWN), classification.THRESHOLD_STEP):
+            thresholds = [
+                np.quantile(pairs[0][:, index], part * total) for index, part in enumerate((1 - share, share))
+            ]
+            if np.mean(~answered(pairs[0], thresholds)) < KEPT_KNOWN:
+                break
+            kept_thresholds = thresholds
+        rows.append(
+            dict(
+                cosine_share=round(float(share), 1),
+                threshold=[float(value) for value in kept_thresholds],
+                caught=float(np.mean(answered(pairs[1], kept_thresholds))),
+                not_birds=float(np.mean(answered(pairs[2], kept_thresholds))),
+            )
+        )
+    return rows
+
+
 def _by_species(scores, unknown_scores, unknown_labels, known, class_names):
     """{unseen species id: {BY_SPECIES name: share of its photos caught, "namesake": a known species shares its
     group name}} at the thresholds in `scores` (one study result's)."""
@@ -574,8 +613,34 @@ def _print_tables(results):
         rows = [row for row in species if row["namesake"] == namesake]
         shares = " | ".join(f"{np.mean([row[name] for row in rows]):.2f}" if rows else "-" for name in BY_SPECIES)
         print(f"| {group} | {len(rows)} | {shares} |")
+    _print_cosine_shares(results)
     accuracy = ", ".join(f"{result['held_out_accuracy']:.3f}" for result in results)
     print(f"\nheld-out accuracy of the known species, per split: {accuracy}")
+
+
+def _print_cosine_shares(results):
+    """Print the unseen species caught at each of COSINE_SHARES (means of the splits), the best share on each split's
+    own unseen photos (a bound: chosen on what it scores), and the share chosen on the other splits (an estimate)."""
+    caught = np.array([[row["caught"] for row in result["cosine_shares"]] for result in results])
+    not_birds = np.array([[row["not_birds"] for row in result["cosine_shares"]] for result in results])
+    print(
+        "\n| cosine's share of the rejected known photos | "
+        + " | ".join(f"{share:.1f}" for share in COSINE_SHARES)
+        + " |"
+    )
+    print("|---|" + "---|" * len(COSINE_SHARES))
+    print("| unseen species caught | " + " | ".join(f"{value:.2f}" for value in caught.mean(0)) + " |")
+    print("| not birds caught | " + " | ".join(f"{value:.2f}" for value in not_birds.mean(0)) + " |")
+    best = caught.max(1)
+    print(f"best share on each split's own unseen photos (a bound): caught {' / '.join(f'{v:.0%}' for v in best)}")
+    if len(results) > 1:
+        chosen = [np.argmax(np.delete(caught, split, 0).mean(0)) for split in range(len(results))]
+        left_out = [caught[split, index] for split, index in enumerate(chosen)]
+        print(
+            "share chosen on the other splits: "
+            + ", ".join(f"{COSINE_SHARES[index]:.1f}" for index in chosen)
+            + f"; caught {' / '.join(f'{v:.0%}' for v in left_out)}, mean {np.mean(left_out):.0%}"
+        )
 
 
 if __name__ == "__main__":
