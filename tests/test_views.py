@@ -388,3 +388,47 @@ def _round_trip(model, train_gt, folder, tmp_path):
     np.testing.assert_allclose(probabilities, classification.predict_probabilities(model, paths)[1])
     assert sorted(classification.classify(loaded, folder)) == sorted(train_gt)
     return paths, probabilities
+
+
+def test_leave_out_members_each_doubt_the_species_they_leave_out(lever_base):
+    train_gt, folder, base, _ = lever_base
+    # Plain targets (no smoothing, mixing or dropout) and a head trained long enough to learn the synthetic colours.
+    recipe = dataclasses.replace(
+        base,
+        ensemble_members=2,
+        leave_out_members=True,
+        head_epochs=60,
+        head_learning_rate=1e-2,
+        fine_tune_epochs=0,
+        mixup_alpha=0.0,
+        label_smoothing=0.0,
+        dropout_rate=0.0,
+    )
+    first, _ = classification.train(train_gt, folder, recipe)
+    second, _ = classification.train(train_gt, folder, recipe)
+    assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
+    names = sorted(train_gt)
+    _, images = classification.decode_images([os.path.join(folder, name) for name in names], first.input_shape[1])
+    labels = np.array([train_gt[name] for name in names])
+    members = [keras.Model(first.inputs, output) for output in classification.member_probabilities(first)]
+    # Each member's mean answer on each species' photos: (members, species, classes). The head's BatchNormalization
+    # on the batch's statistics, as in training: after 60 steps its moving averages (momentum 0.99) still hold more
+    # than half of their starting values.
+    answers = np.array(
+        [
+            [np.asarray(member([images], training=True))[labels == species].mean(0) for species in range(NUM_CLASSES)]
+            for member in members
+        ]
+    )
+    named = answers[:, np.arange(NUM_CLASSES), np.arange(NUM_CLASSES)] > 0.9
+    doubted = answers.max(axis=2) < 0.5
+    # Every species is left out by exactly one member, which doubts it, and named by the other; each member leaves
+    # out some.
+    assert (doubted.sum(axis=0) == 1).all() and (named == ~doubted).all()
+    assert doubted.any(axis=1).all()
+
+
+@pytest.mark.parametrize("changes", [{"ensemble_members": 1}, {"member_views": False}])
+def test_leave_out_members_need_two_members_on_views_of_their_own(changes):
+    with pytest.raises(ValueError, match="leave_out_members=True with ensemble_members"):
+        dataclasses.replace(classification.RECIPE, leave_out_members=True, **changes)
