@@ -632,14 +632,16 @@ def _print_cosine_shares(results):
     print("| unseen species caught | " + " | ".join(f"{value:.2f}" for value in caught.mean(0)) + " |")
     print("| not birds caught | " + " | ".join(f"{value:.2f}" for value in not_birds.mean(0)) + " |")
     best = caught.max(1)
-    print(f"best share on each split's own unseen photos (a bound): caught {' / '.join(f'{v:.0%}' for v in best)}")
+    print(
+        f"best share on each split's own unseen photos (a bound): caught {' / '.join(f'{share:.0%}' for share in best)}"
+    )
     if len(results) > 1:
         chosen = [np.argmax(np.delete(caught, split, 0).mean(0)) for split in range(len(results))]
         left_out = [caught[split, index] for split, index in enumerate(chosen)]
         print(
             "share chosen on the other splits: "
             + ", ".join(f"{COSINE_SHARES[index]:.1f}" for index in chosen)
-            + f"; caught {' / '.join(f'{v:.0%}' for v in left_out)}, mean {np.mean(left_out):.0%}"
+            + f"; caught {' / '.join(f'{share:.0%}' for share in left_out)}, mean {np.mean(left_out):.0%}"
         )
 
 
