@@ -404,13 +404,13 @@ def test_leave_out_members_each_doubt_the_species_they_leave_out(lever_base):
         label_smoothing=0.0,
         dropout_rate=0.0,
     )
-    first, _ = classification.train(train_gt, folder, recipe)
-    second, _ = classification.train(train_gt, folder, recipe)
-    assert all((a == b).all() for a, b in zip(first.get_weights(), second.get_weights()))
+    # Trained once: the species each member leaves out come from the recipe's seeded generator, as every lever's random
+    # numbers do, whose determinism the lever tests above check; a second training would double this test's minutes.
+    model, _ = classification.train(train_gt, folder, recipe)
     names = sorted(train_gt)
-    _, images = classification.decode_images([os.path.join(folder, name) for name in names], first.input_shape[1])
+    _, images = classification.decode_images([os.path.join(folder, name) for name in names], model.input_shape[1])
     labels = np.array([train_gt[name] for name in names])
-    members = [keras.Model(first.inputs, output) for output in classification.member_probabilities(first)]
+    members = [keras.Model(model.inputs, output) for output in classification.member_probabilities(model)]
     # Each member's mean answer on each species' photos: (members, species, classes). The head's BatchNormalization
     # on the batch's statistics, as in training: after 60 steps its moving averages (momentum 0.99) still hold more
     # than half of their starting values.
