@@ -652,16 +652,22 @@ def unknown_answers(probabilities, min_confidence, similarities=None, min_simila
     return unknown
 
 
-def unknown_thresholds(largest_probabilities, similarities, kept):
+def unknown_thresholds(largest_probabilities, similarities, kept, similarity_share=0.5):
     """The thresholds (min_confidence, min_similarity) of `unknown_answers` under which the share `kept` of
     some photos of the model's own species is still named, given each photo's largest probability and
-    cosine to the nearest class mean: each threshold keeping the same share of the photos, the smallest
-    such share from `kept` up, in steps of THRESHOLD_STEP, whose rule keeps `kept`. (At a share of 1 the
-    thresholds are the smallest scores, which keep every photo.)"""
+    cosine to the nearest class mean: the two thresholds together leaving out twice 1 - s of the photos, the
+    cosine's `similarity_share` of that and the largest probability's the rest (by default each threshold
+    keeping the same share s), for the smallest s from `kept` up, in steps of THRESHOLD_STEP, whose rule keeps
+    `kept`. (At s = 1 the thresholds are the smallest scores, which keep every photo.)"""
+    check_min_confidence(similarity_share, "similarity_share")
     largest, similarities = np.asarray(largest_probabilities), np.asarray(similarities)
 
     def thresholds(share):
-        return float(np.quantile(largest, 1 - share)), float(np.quantile(similarities, 1 - share))
+        left_out = 2 * (1 - share)
+        return (
+            float(np.quantile(largest, (1 - similarity_share) * left_out)),
+            float(np.quantile(similarities, similarity_share * left_out)),
+        )
 
     def keeps(pair):
         return np.mean(~unknown_answers(largest[:, None], pair[0], similarities, pair[1])) >= kept

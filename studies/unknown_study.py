@@ -220,18 +220,18 @@ def main():
                 )
             scored = (known_scores, unknown_scores, not_bird_scores, test_known_scores, test_unknown_scores)
             result["scores"][" or ".join(COMBINED)] = _combined(*scored)
-            result["cosine_shares"] = _cosine_shares(known_scores, unknown_scores, not_bird_scores)
+            # Each photo's (largest probability, cosine to the nearest class mean): what the product's rule reads.
+            known_pairs, unknown_pairs, not_bird_pairs = (
+                np.column_stack([scores[score] for score in COMBINED])
+                for scores in (known_scores, unknown_scores, not_bird_scores)
+            )
+            result["cosine_shares"] = _cosine_shares(known_pairs, unknown_pairs, not_bird_pairs)
             unknown_labels = [train_gt[name] for name in unknown_names]
             result["by_species"] = _by_species(result["scores"], unknown_scores, unknown_labels, known, class_names)
             namesake = _namesakes(unknown_labels, known, class_names)
-            kinds = (
-                (known_scores, slice(None)),
-                (unknown_scores, namesake),
-                (unknown_scores, ~namesake),
-                (not_bird_scores, slice(None)),
-            )
-            for group, (scores, rows) in zip(ANSWER_GROUPS, kinds):
-                answer_scores[group].append(np.column_stack([scores[score] for score in COMBINED])[rows])
+            kinds = (known_pairs, unknown_pairs[namesake], unknown_pairs[~namesake], not_bird_pairs)
+            for group, pairs in zip(ANSWER_GROUPS, kinds):
+                answer_scores[group].append(pairs)
             print(f"split {split} (unknown {unknown}): held-out accuracy {result['held_out_accuracy']:.3f}")
             log.write(json.dumps(result) + "\n")
             log.flush()
@@ -412,35 +412,26 @@ def _combined(known, unknown, not_birds, test_known, test_unknown):
 
 
 def _cosine_shares(known, unknown, not_birds):
-    """[{cosine_share, threshold, caught, not_birds}] for each of COSINE_SHARES: the COMBINED rule whose cosine
-    threshold rejects that share of the known photos it rejects, the largest probability the rest, as many in all as
-    still keeps KEPT_KNOWN of them."""
-    pairs = [np.column_stack([scores[score] for score in COMBINED]) for scores in (known, unknown, not_birds)]
-
-    def answered(photos, thresholds):
-        return classification.unknown_answers(photos[:, :1], thresholds[0], photos[:, 1], thresholds[1])
-
+    """[{cosine_share, threshold, caught, not_birds}] for each of COSINE_SHARES: the COMBINED rule whose thresholds
+    (`classification.unknown_thresholds` with that `similarity_share`) keep KEPT_KNOWN of the `known` photos, each
+    argument an array of (largest probability, cosine) pairs, a photo a row."""
     rows = []
     for share in COSINE_SHARES:
-        # The rule rejects at least the larger and at most the sum of its two scores' rejected shares, so a sum of
-        # up to twice 1 - KEPT_KNOWN covers it; the rejected photos grow with the sum, so the last that keeps holds.
-        kept_thresholds = []
-        for total in np.arange(0, 2 * (1 - KEPT_KNOWN), classification.THRESHOLD_STEP):
-            thresholds = [
-                np.quantile(pairs[0][:, index], part * total) for index, part in enumerate((1 - share, share))
-            ]
-            if np.mean(~answered(pairs[0], thresholds)) < KEPT_KNOWN:
-                break
-            kept_thresholds = thresholds
+        thresholds = classification.unknown_thresholds(*known.T, KEPT_KNOWN, similarity_share=float(share))
         rows.append(
             dict(
                 cosine_share=round(float(share), 1),
-                threshold=[float(value) for value in kept_thresholds],
-                caught=float(np.mean(answered(pairs[1], kept_thresholds))),
-                not_birds=float(np.mean(answered(pairs[2], kept_thresholds))),
+                threshold=list(thresholds),
+                caught=float(np.mean(_answered(unknown, *thresholds))),
+                not_birds=float(np.mean(_answered(not_birds, *thresholds))),
             )
         )
     return rows
+
+
+def _answered(pairs, min_confidence, min_similarity):
+    """Which photos of `pairs` ((largest probability, cosine) rows) the product's rule answers "unknown"."""
+    return classification.unknown_answers(pairs[:, :1], min_confidence, pairs[:, 1], min_similarity)
 
 
 def _by_species(scores, unknown_scores, unknown_labels, known, class_names):
@@ -539,9 +530,7 @@ def _draw_answers(answer_scores, path):
     the shares at the default threshold and the threshold where the unseen species reach their target."""
 
     def answered(pairs, threshold):
-        return classification.unknown_answers(
-            pairs[:, :1], threshold, pairs[:, 1], classification.DEFAULT_MIN_SIMILARITY
-        ).mean()
+        return _answered(pairs, threshold, classification.DEFAULT_MIN_SIMILARITY).mean()
 
     figure = Figure(figsize=(9, 6), layout="constrained")
     axes = figure.add_subplot()

@@ -379,3 +379,10 @@ def test_unknown_thresholds_keep_the_share_asked_for_and_little_more():
     # Where no photo has a low cosine, the threshold is that of the largest probability alone.
     alone, _ = classification.unknown_thresholds(largest, np.ones(400), 0.95)
     assert alone == pytest.approx(np.quantile(largest, 0.05))
+    # The whole share given to one score: its threshold alone, the other's the smallest score, which keeps every photo.
+    only_largest = classification.unknown_thresholds(largest, similarities, 0.95, similarity_share=0.0)
+    assert only_largest == pytest.approx((np.quantile(largest, 0.05), similarities.min()))
+    only_similarity = classification.unknown_thresholds(largest, similarities, 0.95, similarity_share=1.0)
+    assert only_similarity == pytest.approx((largest.min(), np.quantile(similarities, 0.05)))
+    with pytest.raises(ValueError, match="similarity_share must be a number from 0 to 1; got 1.5"):
+        classification.unknown_thresholds(largest, similarities, 0.95, similarity_share=1.5)
