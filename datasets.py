@@ -175,14 +175,16 @@ def training_examples(train_dir):
 
 
 def passed_over_files(image_dir, expected=None):
-    """The files a scan of `image_dir` passes over as not images (`classification.passed_over_files`),
-    and, where `expected` names photos in species folders, those of each such folder, as relative paths."""
+    """The files a scan of `image_dir` passes over, not being images by their type (IMAGE_EXTENSIONS), hidden
+    files (".DS_Store") aside; and, where `expected` names photos in species folders, those of each such
+    folder too, as relative paths, sorted."""
     folders = sorted({os.path.dirname(name) for name in expected or {}} | {""})
     return [
-        os.path.join(folder, name)
+        os.path.join(folder, entry.name)
         for folder in folders
         if os.path.isdir(os.path.join(image_dir, folder))
-        for name in classification.passed_over_files(os.path.join(image_dir, folder))
+        for entry in sorted(os.scandir(os.path.join(image_dir, folder)), key=lambda entry: entry.name)
+        if entry.is_file() and not classification.is_image_file(entry.name) and not entry.name.startswith(".")
     ]
 
 

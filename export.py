@@ -11,7 +11,7 @@ takes, raw RGB pixels 0-255 of shape (batch, 224, 224, 3) under the input name "
 in an int8 file, int8: the pixel value minus 128, as its quantisation parameters say), and gives
 "probabilities" (batch, species) and, where the model file has class means, "similarity" (batch, 1): the
 cosine of the photo's features to the nearest species' mean, the second score of
-`classification.unknown_answers`, computed inside the graph. `examples/` runs both files.
+`answers.unknown_answers`, computed inside the graph. `examples/` runs both files.
 
 Exporting needs Keras 3 on TensorFlow, whose converters both formats go through (environment (b) with
 `pip install -r requirements-export.txt`); under Keras 3 on JAX or Keras 2.15 the command says so.
@@ -30,6 +30,7 @@ import keras
 import numpy as np
 from keras import layers
 
+import answers
 import classification
 
 # What each file suffix exports to.
@@ -70,7 +71,7 @@ def export(
 ):
     """Write `model` to `path` in the format its suffix names (FORMATS), with OUT.labels.txt beside it,
     and OUT.unknown.json where `min_confidence` or `class_means` and `min_similarity` are given (as
-    `classification.save_model` takes them). `int8_images`, a folder of photos, makes a .tflite file
+    `model_file.save_model` takes them). `int8_images`, a folder of photos, makes a .tflite file
     quantised to 8 bits, calibrated on REPRESENTATIVE_IMAGES of them; its layers whose 8-bit output errs by more than
     `max_quantization_steps` stay float32 (`_tflite`; infinity: every layer 8-bit). Returns the paths written."""
     suffix = check_request(path, int8_images)
@@ -85,7 +86,7 @@ def export(
     names = class_names or {}
     written = [path, path + LABELS_SUFFIX]
     _write(
-        written[1], "".join(classification.class_name(label, names) + "\n" for label in range(model.output_shape[-1]))
+        written[1], "".join(answers.class_name(label, names) + "\n" for label in range(model.output_shape[-1]))
     )
     thresholds = {}
     if min_confidence:
@@ -119,7 +120,7 @@ def exportable_model(model, class_means=None):
     outputs = {PROBABILITIES: model.output}
     if class_means is not None:
         class_means = np.asarray(class_means, np.float32)
-        unit = layers.UnitNormalization(name="unit_features")(model.get_layer(classification.FEATURE_LAYER).output)
+        unit = layers.UnitNormalization(name="unit_features")(model.get_layer(answers.FEATURE_LAYER).output)
         cosines = layers.Dense(len(class_means), use_bias=False, name="class_mean_cosines")
         per_class = layers.Reshape((len(class_means), 1))(cosines(unit))
         outputs[SIMILARITY] = layers.GlobalMaxPooling1D(name=SIMILARITY)(per_class)

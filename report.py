@@ -33,6 +33,7 @@ import typing
 import numpy as np
 from matplotlib.figure import Figure
 
+import answers
 import classification
 
 # The charts are drawn at this density: sharp in a browser at 100 % zoom, small files.
@@ -87,12 +88,12 @@ class Summary:
 def evaluate(model, image_dir, expected, class_means=None):
     """Predict every image named in `expected` ({file name, or path relative to `image_dir`: class id})
     that is in `image_dir`; with `class_means`, each photo's cosine to the nearest one too, from the same
-    pass (`classification.predict_similarities`)."""
+    pass (`answers.predict_similarities`)."""
     present = {name for name in expected if os.path.isfile(os.path.join(image_dir, name))}
     wanted = sorted(present)
     paths = [os.path.join(image_dir, name) for name in wanted]
     start = time.time()
-    decoded, probabilities, similarities = classification.predict_similarities(model, paths, class_means)
+    decoded, probabilities, similarities = answers.predict_similarities(model, paths, class_means)
     seconds = time.time() - start
     decoded_files = [wanted[index] for index in decoded]
     return Evaluation(
@@ -119,7 +120,7 @@ def summarise(evaluation, min_confidence=0.0, min_similarity=0.0):
     predicted = np.argmax(probabilities, axis=1) if len(truth) else np.zeros(0, int)
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
     in_topk = (ranked == truth[:, None]).any(axis=1)
-    unknown = classification.unknown_answers(probabilities, min_confidence, evaluation.similarities, min_similarity)
+    unknown = answers.unknown_answers(probabilities, min_confidence, evaluation.similarities, min_similarity)
     right = (predicted == truth) & ~unknown
 
     confusion = np.zeros((classes, classes), int)
@@ -231,7 +232,7 @@ def confusion_figure(confusion, class_names):
     diagonal = np.eye(classes, dtype=bool)
     axes.imshow(np.ma.masked_where(~diagonal, shares), cmap=CORRECT_COLOURS, vmin=0, vmax=1)
     axes.imshow(np.ma.masked_where(diagonal | (confusion == 0), shares), cmap=MISTAKE_COLOURS, vmin=0, vmax=1)
-    names = [classification.class_name(label, class_names) for label in range(classes)]
+    names = [answers.class_name(label, class_names) for label in range(classes)]
     font_size = 8 if classes <= 60 else 6
     axes.set_xticks(np.arange(classes), names, rotation=90, fontsize=font_size)
     axes.set_yticks(np.arange(classes), names, fontsize=font_size)
@@ -259,13 +260,14 @@ def confusion_figure(confusion, class_names):
 
 def training_curves(history):
     """Loss and accuracy per epoch, both phases in a row (the head-only phase shaded), train and
-    validation, and the epoch each phase kept marked; of the first member for an ensemble."""
+    validation, and the last epoch of each phase, whose weights it keeps, marked; of the first member for
+    an ensemble."""
     figure = Figure(figsize=(11, 4.2), dpi=DPI, layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     head_epochs = len(history["head"]["loss"])
     phases = (history["head"], history["fine_tune"])
     epochs = np.arange(1, head_epochs + len(history["fine_tune"]["loss"]) + 1)
-    kept = [phase["kept_epoch"] + 1 + offset for phase, offset in zip(phases, (0, head_epochs))]
+    kept = [len(phase["loss"]) + offset for phase, offset in zip(phases, (0, head_epochs))]
     for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         axes.axvspan(0.5, head_epochs + 0.5, color="0.92", label="head only (backbone frozen)")
         for prefix, colour, label in (("", "tab:blue", "train"), ("val_", "tab:orange", "validation")):
@@ -289,9 +291,9 @@ def training_curves(history):
         axes.grid(alpha=0.3)
     accuracy_axes.legend(fontsize=8, loc="lower right")
     final = history["fine_tune"]
-    caption = f"kept: epoch {kept[-1]}, train accuracy {final['accuracy'][final['kept_epoch']]:.3f}"
+    caption = f"kept: epoch {kept[-1]}, train accuracy {final['accuracy'][-1]:.3f}"
     if "val_accuracy" in final:
-        caption += f", validation accuracy {final['val_accuracy'][final['kept_epoch']]:.3f}"
+        caption += f", validation accuracy {final['val_accuracy'][-1]:.3f}"
     members = len(history.get("members", [None]))
     of_members = f" (the first of {members} members averaged)" if members > 1 else ""
     figure.suptitle(f"Head only (epochs 1-{head_epochs}), then fine-tuning{of_members}; {caption}", fontsize=10)
@@ -382,7 +384,7 @@ def _photo(thumbnails, path, caption, kind):
 
 
 def _name(label, class_names):
-    return html.escape(classification.class_name(label, class_names))
+    return html.escape(answers.class_name(label, class_names))
 
 
 def _caption_name(label, class_names):
@@ -401,11 +403,11 @@ def _most_taken_for(confusion, label, class_names, images):
     its images that are missing or do not decode; "" where there are neither."""
     row = confusion[label].copy()
     row[label] = 0
-    answers = [f"{_name(int(np.argmax(row)), class_names)} ({row.max()})"] if row.any() else []
+    parts = [f"{_name(int(np.argmax(row)), class_names)} ({row.max()})"] if row.any() else []
     not_predicted = images - confusion[label].sum()
     if not_predicted:
-        answers.append(f"not predicted ({not_predicted})")
-    return "; ".join(answers)
+        parts.append(f"not predicted ({not_predicted})")
+    return "; ".join(parts)
 
 
 def thumbnail_uri(path):

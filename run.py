@@ -47,14 +47,20 @@ import os
 import sys
 import time
 
-import keras
-import numpy as np
+# TensorFlow's start-up lines (oneDNN, the CPU's instructions) speak to its own developers, not to a person
+# labelling photos: hidden, with its other informational lines, unless the user has set the level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-import classification
-import datasets
-import export
-import report
-import serve
+import keras  # noqa: E402  (after the log level, which TensorFlow reads when Keras imports it)
+import numpy as np  # noqa: E402
+
+import answers  # noqa: E402
+import classification  # noqa: E402
+import datasets  # noqa: E402
+import export  # noqa: E402
+import model_file  # noqa: E402
+import report  # noqa: E402
+import serve  # noqa: E402
 
 CODE_DIR = os.path.dirname(os.path.abspath(__file__))
 MODEL_PATH = os.path.join(CODE_DIR, "birds_model.hdf5")
@@ -84,7 +90,7 @@ OPTION_MODES = {
     "min_similarity": ("predict", "report", "serve"),
 }
 
-# The thresholds of the "unknown" answer, in the order `classification.predict` takes them after the names.
+# The thresholds of the "unknown" answer, in the order `answers.predict` takes them after the names.
 UnknownRule = collections.namedtuple("UnknownRule", ["min_confidence", "class_means", "min_similarity"])
 
 
@@ -201,7 +207,7 @@ def train_and_save(train_dir, model_path, classes_path=None, validation=None, re
     layout of `datasets.training_data`, save the model with its species names and its "unknown"
     threshold, and the training curves beside it. (Tests pass a smaller `recipe`.)"""
     try:
-        classification.check_model_path(model_path)
+        model_file.check_model_path(model_path)
     except ValueError as error:
         raise HarnessError(str(error)) from error
     # Checked before minutes of training, which a model that cannot be saved would lose.
@@ -222,14 +228,14 @@ def train_and_save(train_dir, model_path, classes_path=None, validation=None, re
     model, history = classification.train(data.gt, data.image_dir, recipe, validation=validation_set)
     print(f"Trained in {time.time() - start:.0f} s")
     print("The mean features of each species, for the 'unknown' answer:")
-    means = classification.class_means(model, data.gt, data.image_dir)
-    classification.save_model(
+    means = answers.class_means(model, data.gt, data.image_dir)
+    model_file.save_model(
         model,
         model_path,
         data.class_names,
-        classification.DEFAULT_MIN_CONFIDENCE,
+        answers.DEFAULT_MIN_CONFIDENCE,
         means,
-        classification.DEFAULT_MIN_SIMILARITY,
+        answers.DEFAULT_MIN_SIMILARITY,
     )
     curves_path = os.path.splitext(model_path)[0] + "_training.png"
     report.training_curves(history).savefig(curves_path)
@@ -251,15 +257,15 @@ def predict_files(
     predictions = {}
     for path in images:
         if os.path.isdir(path):
-            answers = classification.predict(model, path, top_k, class_names, *rule)
-            predictions.update({os.path.join(path, name): answer for name, answer in answers.items()})
+            found = answers.predict(model, path, top_k, class_names, *rule)
+            predictions.update({os.path.join(path, name): answer for name, answer in found.items()})
             _say_passed_over(datasets.passed_over_files(path), path)
         elif os.path.isfile(path):
-            predictions.update(classification.predict(model, [path], top_k, class_names, *rule))
+            predictions.update(answers.predict(model, [path], top_k, class_names, *rule))
         else:
             raise HarnessError(f"not an image file or folder: {path!r}")
     print(format_predictions(predictions))
-    unknown = sum(answers.unknown for answers in predictions.values())
+    unknown = sum(said.unknown for said in predictions.values())
     if unknown:
         print(f"{unknown} of {len(predictions)} answered unknown: {_unknown_reason(rule)}")
     if output_path:
@@ -272,16 +278,16 @@ def format_predictions(predictions):
     """A plain-text table: one row per image, each answer as a name and a right-aligned percentage."""
     if not predictions:
         return "No image to label."
-    top_k = max(len(answers) for answers in predictions.values())
-    unknown = any(answers.unknown for answers in predictions.values())
+    top_k = max(len(said) for said in predictions.values())
+    unknown = any(said.unknown for said in predictions.values())
     # An answer column ("unknown" or the species) only where some answer is unknown: a usual table stays as it was.
     header = ["image"] + (["answer", ""] if unknown else [])
     for rank in range(1, top_k + 1):
         header += [f"answer {rank}" if not unknown else f"guess {rank}", ""]
     rows = [header]
-    for path, answers in predictions.items():
-        row = [path] + (["unknown" if answers.unknown else answers[0].name, ""] if unknown else [])
-        for answer in answers:
+    for path, said in predictions.items():
+        row = [path] + (["unknown" if said.unknown else said[0].name, ""] if unknown else [])
+        for answer in said:
             row += [answer.name, f"{answer.probability:.1%}"]
         rows.append(row + [""] * (len(header) - len(row)))
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
@@ -298,7 +304,7 @@ def format_predictions(predictions):
 def write_predictions(path, predictions):
     """CSV: filename, then class_id, name, probability of each answer, best first, then unknown: 1 where
     the answer is "unknown" (the answers are then the best guesses), else 0."""
-    top_k = max((len(answers) for answers in predictions.values()), default=1)
+    top_k = max((len(said) for said in predictions.values()), default=1)
     header = ["filename", "class_id", "name", "probability"]
     for rank in range(2, top_k + 1):
         header += [f"class_id_{rank}", f"name_{rank}", f"probability_{rank}"]
@@ -307,12 +313,12 @@ def write_predictions(path, predictions):
         with open(path, "w", newline="", encoding="utf-8") as file:
             writer = csv.writer(file)
             writer.writerow(header)
-            for image, answers in predictions.items():
+            for image, said in predictions.items():
                 row = [image]
-                for answer in answers:
+                for answer in said:
                     row += [answer.class_id, answer.name, f"{answer.probability:.6f}"]
                 row += [""] * (len(header) - 1 - len(row))
-                writer.writerow(row + [int(answers.unknown)])
+                writer.writerow(row + [int(said.unknown)])
     except OSError as error:
         raise HarnessError(f"cannot write {path!r} ({error.strerror})")
 
@@ -348,7 +354,7 @@ def write_report(
         _say_passed_over(datasets.passed_over_files(test.image_dir, test.expected), test.image_dir)
         evaluation = report.evaluate(model, test.image_dir, test.expected, rule.class_means)
         summary = report.summarise(evaluation, rule.min_confidence, rule.min_similarity)
-        title = f"{os.path.basename(model_path)} on {os.path.abspath(test.image_dir)}"
+        title = f"{os.path.basename(model_path)} on {os.path.normpath(test.image_dir)}"
         page = report.html_report(evaluation, summary, class_names, test.image_dir, examples, title, mark(summary.top1))
         try:
             with open(path, "w", encoding="utf-8") as file:
@@ -380,7 +386,7 @@ def export_model(model_path, out_path, int8_images=None, max_quantization_steps=
     written = export.export(
         model,
         out_path,
-        classification.load_class_names(model_path),
+        model_file.load_class_names(model_path),
         rule.min_confidence,
         rule.class_means,
         rule.min_similarity,
@@ -489,35 +495,35 @@ def load_model(path):
         # What one Keras version raises for a configuration key only the other writes.
         raise HarnessError(
             f"cannot load model {path!r} with Keras {keras.__version__}: {error} "
-            "(was it saved with classification.save_model, which writes a file every Keras opens?)"
+            "(was it saved with model_file.save_model, which writes a file every Keras opens?)"
         ) from error
 
 
 def _class_names(classes_path, model_path):
     """{class id: name} from a class_id,name CSV if one is given, else from the model file."""
-    return datasets.read_classes(classes_path) if classes_path else classification.load_class_names(model_path)
+    return datasets.read_classes(classes_path) if classes_path else model_file.load_class_names(model_path)
 
 
 def _unknown_rule(min_confidence, min_similarity, model_path):
-    """The thresholds of the "unknown" answer, as `classification.predict` takes them: --min-confidence
+    """The thresholds of the "unknown" answer, as `answers.predict` takes them: --min-confidence
     and --min-similarity where given (checked to be 0-1), else the model file's; --min-confidence 0 alone
     turns "unknown" off. The class means come from the model file, where the cosine test is on."""
     saved = os.path.isfile(model_path)
     if min_confidence is None:
-        min_confidence = classification.load_min_confidence(model_path) if saved else 0.0
+        min_confidence = model_file.load_min_confidence(model_path) if saved else 0.0
     elif min_similarity is None and min_confidence == 0:
         min_similarity = 0.0
     if min_similarity is None:
-        min_similarity = classification.load_min_similarity(model_path) if saved else 0.0
+        min_similarity = model_file.load_min_similarity(model_path) if saved else 0.0
     for option, value, off in (
         ("--min-confidence", min_confidence, "'unknown'"),
         ("--min-similarity", min_similarity, "the cosine test"),
     ):
         try:
-            classification.check_min_confidence(value)
+            answers.check_threshold(value)
         except ValueError as error:
             raise HarnessError(f"{option} must be from 0 to 1 (0 turns {off} off); got {value}") from error
-    class_means = classification.load_class_means(model_path) if saved and min_similarity > 0 else None
+    class_means = model_file.load_class_means(model_path) if saved and min_similarity > 0 else None
     if min_similarity > 0 and class_means is None:
         raise HarnessError(
             f"--min-similarity needs the species' mean features, which {model_path!r} lacks "

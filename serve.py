@@ -20,6 +20,7 @@ import os
 import time
 import warnings
 
+import answers
 import classification
 import report
 
@@ -57,7 +58,7 @@ class Labeller:
     with photo paths, it gives the page's HTML and the answers as data."""
 
     def __init__(self, model, class_names, rule, examples=None):
-        """`rule`: (min_confidence, class_means, min_similarity), as `classification.predict` takes them;
+        """`rule`: (min_confidence, class_means, min_similarity), as `answers.predict` takes them;
         `examples`: {class id: path of a training photo}."""
         self.model, self.class_names, self.rule = model, class_names, rule
         self.examples = examples or {}
@@ -71,15 +72,15 @@ class Labeller:
         start = time.time()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            answers = classification.predict(self.model, paths, TOP_K, self.class_names, *self.rule)
+            found_answers = answers.predict(self.model, paths, TOP_K, self.class_names, *self.rule)
         problems = "\n".join(str(warning.message) for warning in caught)
         cards, data = [], []
         for path in paths:
             name = os.path.basename(path)
-            if path not in answers:
+            if path not in found_answers:
                 cards.append(self._problem_card(name, path, problems))
                 continue
-            found = answers[path]
+            found = found_answers[path]
             answer = "unknown" if found.unknown else found[0].name
             top = [{"name": item.name, "class_id": item.class_id, "probability": item.probability} for item in found]
             data.append({"file": name, "answer": answer, "unknown": found.unknown, "top": top})
@@ -108,7 +109,7 @@ class Labeller:
         )
 
     def _problem_card(self, name, path, problems):
-        # The warning of `classification.predict` names each file it skipped, with the reason in brackets.
+        # The warning of `answers.predict` names each file it skipped, with the reason in brackets.
         reason = next((line.strip() for line in problems.splitlines() if path in line), f"{path} (no answer)")
         detail = reason[len(path) :].strip().replace(path, name)
         return (

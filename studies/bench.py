@@ -16,6 +16,7 @@ import time
 
 import classification
 import datasets
+import model_file
 import run
 
 # The public data beside the project, in the checker's layout.
@@ -39,7 +40,7 @@ def main():
     model, _ = classification.train(train_gt, os.path.join(train_dir, "images"), recipe)
     train_minutes = (time.time() - start) / 60
     if args.save:
-        classification.save_model(model, args.save)
+        model_file.save_model(model, args.save)
     start = time.time()
     predicted = classification.classify(model, test_dir)
     images_per_second = len(predicted) / (time.time() - start)

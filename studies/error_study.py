@@ -34,10 +34,11 @@ import numpy as np
 matplotlib.use("Agg")
 from matplotlib import pyplot  # noqa: E402  (after choosing the file-only backend)
 
+import answers  # noqa: E402
 import classification  # noqa: E402
 import datasets  # noqa: E402
 import run  # noqa: E402
-from studies import cv_study  # noqa: E402
+from studies import cv_study, members  # noqa: E402
 
 # Photos drawn in the picture, each beside a training photo of the species it was taken for: the first, by name,
 # of those that every training gets wrong; enough to see the kinds of mistake, small enough for the README.
@@ -55,7 +56,7 @@ def main():
     parser.add_argument("data_dir")
     parser.add_argument("out_dir")
     parser.add_argument("--models", required=True, help="the folder of cv_study.py's fold models")
-    parser.add_argument("--variants", nargs="+", required=True, choices=sorted(cv_study.VARIANTS), metavar="NAME")
+    parser.add_argument("--variants", nargs="+", required=True, metavar="NAME", help="cv_study variants (saved models)")
     parser.add_argument("--folds", nargs="+", type=int, default=cv_study.DEFAULT_FOLDS, choices=range(cv_study.FOLDS))
     parser.add_argument(
         "--fitted",
@@ -100,16 +101,14 @@ def main():
         for fold in args.folds:
             chosen = np.arange(len(names)) if args.fitted else np.flatnonzero(photo_folds == fold)
             model = run.load_model(model_paths[variant, fold])
-            members = classification.member_probabilities(model) if args.members else []
-            if members:
-                model = keras.Model(model.inputs, keras.layers.Concatenate()(members))
-            decoded, fold_probabilities = classification.predict_probabilities(
-                model, [paths[index] for index in chosen], ("image",)
-            )
+            outputs = members.member_probabilities(model) if args.members else []
+            if outputs:
+                model = keras.Model(model.inputs, keras.layers.Concatenate()(outputs))
+            decoded, fold_probabilities = classification.predict_probabilities(model, [paths[index] for index in chosen])
             if len(decoded) != len(chosen):
                 raise ValueError(f"{len(chosen) - len(decoded)} training photos did not decode")
             # (photos, members, classes); the ensemble's average for the fitted count, as without --members.
-            fold_probabilities = fold_probabilities.reshape(len(chosen), max(len(members), 1), -1)
+            fold_probabilities = fold_probabilities.reshape(len(chosen), max(len(outputs), 1), -1)
             if probabilities is None:
                 probabilities = np.zeros((len(names), *fold_probabilities.shape[1:]))
             held_out = photo_folds[chosen] == fold
@@ -118,7 +117,7 @@ def main():
             fitted_right[fitted] += fold_probabilities[~held_out].mean(axis=1).argmax(axis=-1) == labels[fitted]
         variant_probabilities.append(probabilities)
         count = probabilities.shape[1]
-        training_names += [f"{variant}, member {number}" for number in range(1, count + 1)] if members else [variant]
+        training_names += [f"{variant}, member {number}" for number in range(1, count + 1)] if outputs else [variant]
     probabilities = np.concatenate(variant_probabilities, axis=1)
     figures = agreement(labels, probabilities)
     right_by, taken_for = figures["right_by"], figures["taken_for"]
@@ -208,8 +207,8 @@ def agreement(labels, probabilities):
         `oracle_accuracy`, the share right by at least one; `taken_for`, {photo index: the answer most
         trainings gave} for each photo that no training gets right (ties to the smallest class id).
     """
-    answers = probabilities.argmax(axis=-1)
-    right = answers == labels[:, None]
+    guesses = probabilities.argmax(axis=-1)
+    right = guesses == labels[:, None]
     right_count = right.sum(axis=1)
     never = np.flatnonzero(right_count == 0)
     return dict(
@@ -217,7 +216,7 @@ def agreement(labels, probabilities):
         accuracies=[float(accuracy) for accuracy in right.mean(axis=0)],
         ensemble_accuracy=float(np.mean(probabilities.mean(axis=1).argmax(axis=-1) == labels)),
         oracle_accuracy=float(np.mean(right_count > 0)),
-        taken_for={int(index): int(np.bincount(answers[index]).argmax()) for index in never},
+        taken_for={int(index): int(np.bincount(guesses[index]).argmax()) for index in never},
     )
 
 
@@ -254,8 +253,8 @@ def _draw(hard, train_gt, image_dir, class_names, path):
             name for name, label in train_gt.items() if label == photo["taken_for"] and name != photo["photo"]
         )
         panels = (
-            (photo["photo"], classification.class_name(photo["species"], class_names)),
-            (example, "taken for " + classification.class_name(photo["taken_for"], class_names)),
+            (photo["photo"], answers.class_name(photo["species"], class_names)),
+            (example, "taken for " + answers.class_name(photo["taken_for"], class_names)),
         )
         for offset, (name, caption) in enumerate(panels):
             axis = axes[slot // COLUMNS, 2 * (slot % COLUMNS) + offset]

@@ -13,14 +13,12 @@ features, from which the logits follow exactly, and the model's own probabilitie
 The public test reports, never chooses: its 40 known species' photos and its 10 unknown ones, scored with
 the threshold chosen on the training photos. The unseen species' shares caught are also given by species
 and grouped by whether a known species shares their group name ("Gull", "Grebe"): a close relative or not.
-The product's rule (largest probability or cosine) is also scored with the known photos it rejects split otherwise
-between its two thresholds (COSINE_SHARES), each split's best share and the share chosen on the other splits.
 
     python -m studies.unknown_study DATA_DIR OUT_DIR [--splits 0 1 2]     # from the project folder
     python -m studies.unknown_study DATA_DIR OUT_DIR --quick              # smoke test, a few minutes
     python -m studies.unknown_study DATA_DIR OUT_DIR --rescore            # the saved split models again
     python -m studies.unknown_study DATA_DIR OUT_DIR --members 2          # the recipe's ensemble of two
-    python -m studies.unknown_study DATA_DIR OUT_DIR --variant NAME       # a variant of cv_study.VARIANTS
+    python -m studies.unknown_study DATA_DIR OUT_DIR --variant NAME       # a seed of cv_study.VARIANTS
 
 With --members N > 1 each split model is an ensemble of N (`Recipe.ensemble_members`): its probabilities
 are the members' average, as the product's are; the logit scores and the head's features (class means)
@@ -46,10 +44,12 @@ import skimage.util
 from matplotlib.figure import Figure
 from PIL import Image
 
+import answers
 import classification
 import datasets
+import model_file
 import run
-from studies import cv_study
+from studies import calibration, cv_study, members
 
 SPECIES = 50
 # Species set aside as unknown in each split: a fifth, so that 40 remain to train on.
@@ -72,11 +72,6 @@ NOT_BIRD_PHOTOS = (
 FEATURE_LAYER = "head_relu"
 POOLED_LAYER = "head_pooling"
 LOGIT_LAYER = "probabilities"
-# The last layers of a cosine classifier (`Recipe.cosine_scale`): its logits are the scale times the cosine of the
-# head's features to each species' unit weights, which the scores below read as the logits of the scaled unit
-# features by those weights, with no bias.
-COSINE_LAYER = "head_cosine"
-COSINE_SCALE_LAYER = "head_cosine_scale"
 # Neighbours for the k-nearest-neighbour score (Sun et al. 2022 take the k-th nearest of the normalised
 # features; with 24 photos a species, a few neighbours).
 NEIGHBOURS = 5
@@ -91,14 +86,10 @@ REACT_PERCENTILE = 90
 VIM_PRINCIPAL = 128
 # Added to the diagonal of the shared covariance of the Mahalanobis score: 1280 dimensions from 960 photos.
 COVARIANCE_SHRINKAGE = 1e-3
-# The product's rule of two scores (`classification.unknown_answers`): "unknown" where either is below its
+# The product's rule of two scores (`answers.unknown_answers`): "unknown" where either is below its
 # threshold, the two thresholds keeping the same share of known photos each, as small as lets the rule keep
-# KEPT_KNOWN of them (`classification.unknown_thresholds`).
+# KEPT_KNOWN of them (`calibration.unknown_thresholds`).
 COMBINED = ("largest probability", "cosine to nearest class mean")
-# Another split of the known photos the rule may reject between its two thresholds: the cosine's share of them, from
-# 0 (the largest probability alone) to 1 (the cosine alone), in tenths; the product's rule keeps equal shares (0.5).
-# Each is scored on every split; the share is then chosen on two splits and scored on the third (leave one split out).
-COSINE_SHARES = np.linspace(0.0, 1.0, 11)
 # The scores by unseen species: for the largest probability and for the product's rule, the share of each unseen
 # species' photos caught, and whether the species shares its group name (the last word of its name: "Gull",
 # "Grebe", "Kingfisher") with a known species, a stand-in for a close relative among the model's species.
@@ -191,7 +182,7 @@ def main():
             else:
                 model, _ = classification.train(fit_gt, image_dir, recipe)
                 minutes = (time.time() - start) / 60
-                classification.save_model(model, model_path)
+                model_file.save_model(model, model_path)
             unknown_names = [name for name, label in train_gt.items() if label in unknown]
             unknown_train = [os.path.join(image_dir, name) for name in unknown_names]
             scorer = _Scorer(model, [os.path.join(image_dir, name) for name in sorted(fit_gt)], sorted(fit_gt), fit_gt)
@@ -225,7 +216,6 @@ def main():
                 np.column_stack([scores[score] for score in COMBINED])
                 for scores in (known_scores, unknown_scores, not_bird_scores)
             )
-            result["cosine_shares"] = _cosine_shares(known_pairs, unknown_pairs, not_bird_pairs)
             unknown_labels = [train_gt[name] for name in unknown_names]
             result["by_species"] = _by_species(result["scores"], unknown_scores, unknown_labels, known, class_names)
             namesake = _namesakes(unknown_labels, known, class_names)
@@ -250,17 +240,11 @@ class _Scorer:
         pooled, features = model.get_layer(POOLED_LAYER).output, model.get_layer(FEATURE_LAYER).output
         # An ensemble's members' probabilities too, before its own: members fine-tuned on views of their own
         # may disagree more on a species neither saw than on one both learnt.
-        members = classification.member_probabilities(model)
-        outputs = [pooled, features, *members, model.output]
+        member_outputs = members.member_probabilities(model)
+        outputs = [pooled, features, *member_outputs, model.output]
         self.features_model = keras.Model(model.inputs, keras.layers.Concatenate()(outputs))
-        self.pooled_size, self.classes, self.members = pooled.shape[-1], model.output_shape[-1], len(members)
-        self.cosine_scale = None
-        if COSINE_LAYER in [layer.name for layer in model.layers]:
-            (self.kernel,) = (np.asarray(weight) for weight in model.get_layer(COSINE_LAYER).get_weights())
-            self.bias = np.zeros(self.kernel.shape[1], self.kernel.dtype)
-            self.cosine_scale = model.get_layer(COSINE_SCALE_LAYER).get_config()["scale"]
-        else:
-            self.kernel, self.bias = (np.asarray(weight) for weight in model.get_layer(LOGIT_LAYER).get_weights())
+        self.pooled_size, self.classes, self.members = pooled.shape[-1], model.output_shape[-1], len(member_outputs)
+        self.kernel, self.bias = (np.asarray(weight) for weight in model.get_layer(LOGIT_LAYER).get_weights())
         decoded, every = classification.predict_probabilities(self.features_model, train_paths)
         pooled, features, _, _ = self._parts(every)
         labels = np.array([fit_gt[train_names[index]] for index in decoded])
@@ -273,7 +257,7 @@ class _Scorer:
         self.train_pooled = _unit(pooled)
         self.train_features = _unit(features)
         self.react_clip = np.percentile(features, REACT_PERCENTILE)
-        self.vim = _Vim(self._logit_features(features), self.kernel, self.bias)
+        self.vim = _Vim(features, self.kernel, self.bias)
         centred = pooled - self.means["pooled"][labels]
         covariance = centred.T @ centred / len(centred) + COVARIANCE_SHRINKAGE * np.eye(pooled.shape[1])
         self.precision = np.linalg.inv(covariance)
@@ -297,21 +281,17 @@ class _Scorer:
             names = sorted(images)
             paths, labels = [os.path.join(image_dir, name) for name in names], [images[name] for name in names]
         decoded, every = classification.predict_probabilities(self.features_model, paths)
-        pooled, features, members, probabilities = self._parts(every)
-        _, mirrored = classification.predict_probabilities(self.features_model, paths, ("flipped image",))
-        flip_averaged = (probabilities + self._parts(mirrored)[3]) / 2
-        logits = self._logit_features(features) @ self.kernel + self.bias
+        pooled, features, member_probabilities, probabilities = self._parts(every)
+        logits = features @ self.kernel + self.bias
         energy = _logsumexp(logits)
         ranked = np.sort(probabilities, axis=1)
         unit = _unit(features)
         similarities = np.sort(_unit(pooled) @ self.train_pooled.T, axis=1)
         head_similarities = np.sort(unit @ self.train_features.T, axis=1)
-        clipped_logits = self._logit_features(np.minimum(features, self.react_clip)) @ self.kernel + self.bias
+        clipped_logits = np.minimum(features, self.react_clip) @ self.kernel + self.bias
         mahalanobis = _mahalanobis(pooled, self.means["pooled"], self.precision).min(axis=1)
         scores = {
             "largest probability": ranked[:, -1],
-            # Views of one photo agree less, perhaps, on a species the model never saw.
-            "largest probability, image and mirror image averaged": flip_averaged.max(axis=1),
             "margin": ranked[:, -1] - ranked[:, -2],
             "negative entropy": -_entropy(probabilities),
             "largest logit": logits.max(axis=1),
@@ -327,7 +307,7 @@ class _Scorer:
             f"cosine to {NEIGHBOURS}th nearest training photo (head)": head_similarities[:, -NEIGHBOURS],
             f"cosine to {NEIGHBOURS}th nearest training photo (pooled)": similarities[:, -NEIGHBOURS],
             f"ViM, {VIM_PRINCIPAL} principal dimensions of the head's features": energy
-            - self.vim.virtual_logits(self._logit_features(features)),
+            - self.vim.virtual_logits(features),
             # GradNorm (Huang et al. 2021): the L1 norm of the last layer's weight gradient of the KL divergence
             # from the uniform answer, in closed form, larger where the model is sure of its species.
             "GradNorm": np.abs(features).sum(axis=1) * np.abs(_softmax(logits) - 1 / logits.shape[1]).sum(axis=1),
@@ -340,31 +320,28 @@ class _Scorer:
             scores[f"negative Mahalanobis distance ({name}, Ledoit-Wolf)"] = -distances.min(axis=1)
             scores[f"negative relative Mahalanobis distance ({name}, Ledoit-Wolf)"] = background - distances.min(axis=1)
         if self.members:
-            answers = np.argmax(probabilities, axis=1)
+            guesses = np.argmax(probabilities, axis=1)
             # The least that any member gives the ensemble's answer: one doubting member may be enough.
-            scores["smallest member probability of the answer"] = members[:, np.arange(len(answers)), answers].min(0)
+            scores["smallest member probability of the answer"] = member_probabilities[
+                :, np.arange(len(guesses)), guesses
+            ].min(0)
             # The members' disagreement (BALD, Houlsby et al. 2011): the entropy of the average less the members'
             # mean entropy, the information the members do not share; negated, higher is "known".
-            member_entropy = np.mean([_entropy(member) for member in members], axis=0)
+            member_entropy = np.mean([_entropy(member) for member in member_probabilities], axis=0)
             scores["negative disagreement of the members"] = member_entropy - _entropy(probabilities)
         if labels is None:
             return scores, []
         return scores, [labels[index] == label for index, label in zip(decoded, np.argmax(probabilities, axis=1))]
 
-    def _logit_features(self, features):
-        """What the logits are `self.kernel` and `self.bias` of: the head's features, or for a cosine classifier
-        the same scaled to the length of its scale."""
-        return features if self.cosine_scale is None else self.cosine_scale * _unit(features)
-
     def _parts(self, every):
         """(pooled features, head features, members' probabilities (members, photos, classes), probabilities) of
         the concatenated output."""
         members_start = every.shape[1] - (self.members + 1) * self.classes
-        members = every[:, members_start : -self.classes].reshape(len(every), self.members, self.classes)
+        member_probabilities = every[:, members_start : -self.classes].reshape(len(every), self.members, self.classes)
         return (
             every[:, : self.pooled_size],
             every[:, self.pooled_size : members_start],
-            members.transpose(1, 0, 2),
+            member_probabilities.transpose(1, 0, 2),
             every[:, -self.classes :],
         )
 
@@ -394,8 +371,8 @@ class _Vim:
 
 def _combined(known, unknown, not_birds, test_known, test_unknown):
     """The figures of the COMBINED rule, as for one score (no AUROC: a rule of two thresholds has no one order),
-    with the thresholds `classification.unknown_thresholds` finds on the known photos."""
-    thresholds = classification.unknown_thresholds(*(known[score] for score in COMBINED), KEPT_KNOWN)
+    with the thresholds `calibration.unknown_thresholds` finds on the known photos."""
+    thresholds = calibration.unknown_thresholds(*(known[score] for score in COMBINED), KEPT_KNOWN)
 
     def named(scores):
         return np.all([scores[score] >= threshold for score, threshold in zip(COMBINED, thresholds)], axis=0)
@@ -411,27 +388,9 @@ def _combined(known, unknown, not_birds, test_known, test_unknown):
     )
 
 
-def _cosine_shares(known, unknown, not_birds):
-    """[{cosine_share, threshold, caught, not_birds}] for each of COSINE_SHARES: the COMBINED rule whose thresholds
-    (`classification.unknown_thresholds` with that `similarity_share`) keep KEPT_KNOWN of the `known` photos, each
-    argument an array of (largest probability, cosine) pairs, a photo a row."""
-    rows = []
-    for share in COSINE_SHARES:
-        thresholds = classification.unknown_thresholds(*known.T, KEPT_KNOWN, similarity_share=float(share))
-        rows.append(
-            dict(
-                cosine_share=round(float(share), 1),
-                threshold=list(thresholds),
-                caught=float(np.mean(_answered(unknown, *thresholds))),
-                not_birds=float(np.mean(_answered(not_birds, *thresholds))),
-            )
-        )
-    return rows
-
-
 def _answered(pairs, min_confidence, min_similarity):
     """Which photos of `pairs` ((largest probability, cosine) rows) the product's rule answers "unknown"."""
-    return classification.unknown_answers(pairs[:, :1], min_confidence, pairs[:, 1], min_similarity)
+    return answers.unknown_answers(pairs[:, :1], min_confidence, pairs[:, 1], min_similarity)
 
 
 def _by_species(scores, unknown_scores, unknown_labels, known, class_names):
@@ -525,12 +484,12 @@ def _write_not_bird_photos(folder):
 
 
 def _draw_answers(answer_scores, path):
-    """Draw, for each ANSWER_GROUPS kind of photo, the share the product's rule (`classification.unknown_answers`)
+    """Draw, for each ANSWER_GROUPS kind of photo, the share the product's rule (`answers.unknown_answers`)
     answers "unknown" at each of ANSWER_THRESHOLDS, the cosine test at its default, into the PNG file `path`; print
     the shares at the default threshold and the threshold where the unseen species reach their target."""
 
     def answered(pairs, threshold):
-        return _answered(pairs, threshold, classification.DEFAULT_MIN_SIMILARITY).mean()
+        return _answered(pairs, threshold, answers.DEFAULT_MIN_SIMILARITY).mean()
 
     figure = Figure(figsize=(9, 6), layout="constrained")
     axes = figure.add_subplot()
@@ -544,23 +503,23 @@ def _draw_answers(answer_scores, path):
     for label, target in ISSUE_TARGETS.items():
         axes.axhline(100 * target, color="grey", linewidth=0.8, linestyle=":")
         axes.annotate(label, (1, 100 * target), ha="left", va="bottom", color="grey")
-    default = 100 * classification.DEFAULT_MIN_CONFIDENCE
+    default = 100 * answers.DEFAULT_MIN_CONFIDENCE
     axes.axvline(default, color="black", linewidth=1, linestyle="--", label=f"the default, {default:.0f} %")
     axes.set(
         xlabel='--min-confidence: largest probability below which the answer is "unknown" (%)',
         ylabel='photos answered "unknown" (%)',
         xlim=(0, 100 * ANSWER_THRESHOLDS[-1]),
         ylim=(0, 100),
-        title=f'What the rule answers "unknown" (cosine test at {classification.DEFAULT_MIN_SIMILARITY}), '
+        title=f'What the rule answers "unknown" (cosine test at {answers.DEFAULT_MIN_SIMILARITY}), '
         "trained on 40 species, 10 left out as unseen",
     )
     axes.grid(alpha=0.3)
     figure.legend(loc="outside lower center", ncols=2)
     figure.savefig(path, dpi=100)
-    print(f"\nAnswered unknown at the default {classification.DEFAULT_MIN_CONFIDENCE}: ", end="")
+    print(f"\nAnswered unknown at the default {answers.DEFAULT_MIN_CONFIDENCE}: ", end="")
     print(
         ", ".join(
-            f"{group} {answered(pairs, classification.DEFAULT_MIN_CONFIDENCE):.0%}" for group, pairs in photos.items()
+            f"{group} {answered(pairs, answers.DEFAULT_MIN_CONFIDENCE):.0%}" for group, pairs in photos.items()
         )
     )
     unseen = [photos[group] for group in UNSEEN_GROUPS if group in photos]
@@ -602,36 +561,8 @@ def _print_tables(results):
         rows = [row for row in species if row["namesake"] == namesake]
         shares = " | ".join(f"{np.mean([row[name] for row in rows]):.2f}" if rows else "-" for name in BY_SPECIES)
         print(f"| {group} | {len(rows)} | {shares} |")
-    _print_cosine_shares(results)
     accuracy = ", ".join(f"{result['held_out_accuracy']:.3f}" for result in results)
     print(f"\nheld-out accuracy of the known species, per split: {accuracy}")
-
-
-def _print_cosine_shares(results):
-    """Print the unseen species caught at each of COSINE_SHARES (means of the splits), the best share on each split's
-    own unseen photos (a bound: chosen on what it scores), and the share chosen on the other splits (an estimate)."""
-    caught = np.array([[row["caught"] for row in result["cosine_shares"]] for result in results])
-    not_birds = np.array([[row["not_birds"] for row in result["cosine_shares"]] for result in results])
-    print(
-        "\n| cosine's share of the rejected known photos | "
-        + " | ".join(f"{share:.1f}" for share in COSINE_SHARES)
-        + " |"
-    )
-    print("|---|" + "---|" * len(COSINE_SHARES))
-    print("| unseen species caught | " + " | ".join(f"{value:.2f}" for value in caught.mean(0)) + " |")
-    print("| not birds caught | " + " | ".join(f"{value:.2f}" for value in not_birds.mean(0)) + " |")
-    best = caught.max(1)
-    print(
-        f"best share on each split's own unseen photos (a bound): caught {' / '.join(f'{share:.0%}' for share in best)}"
-    )
-    if len(results) > 1:
-        chosen = [np.argmax(np.delete(caught, split, 0).mean(0)) for split in range(len(results))]
-        left_out = [caught[split, index] for split, index in enumerate(chosen)]
-        print(
-            "share chosen on the other splits: "
-            + ", ".join(f"{COSINE_SHARES[index]:.1f}" for index in chosen)
-            + f"; caught {' / '.join(f'{share:.0%}' for share in left_out)}, mean {np.mean(left_out):.0%}"
-        )
 
 
 if __name__ == "__main__":

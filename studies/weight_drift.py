@@ -7,8 +7,8 @@ For every member of the model file (the first, then "_member_N"), each convoluti
 `Conv_1`, and the 3 x 3 depthwise ones) is compared with the same layer of the ImageNet MobileNetV2 (what
 `train` starts from): the relative change ||W - W_imagenet|| / ||W_imagenet|| of its kernel. Prints one
 Markdown table row per member and kind: layers, smallest, median and largest change. It tells which weights
-fine-tuning actually moves (`Recipe.fine_tune_depthwise`, `Recipe.weight_decay`). Needs the ImageNet weights
-(`weights="imagenet"`, the Keras cache).
+fine-tuning actually moves (why the depthwise kernels stay frozen; how little `Recipe.weight_decay` acts).
+Needs the ImageNet weights (`weights="imagenet"`, the Keras cache).
 """
 
 import argparse

@@ -14,11 +14,10 @@ sys.path.insert(0, PROJECT_DIR)
 
 import classification  # noqa: E402  (importable once PROJECT_DIR is on the path)
 
-# Under JAX, Keras has XLA compile every new model's train and predict steps, and the tests build about a
-# hundred models of a handful of architectures: JAX's compilation cache is keyed by the compiled program, not
-# by the model, so with it each program compiles once a session (test_views.py's lever tests under JAX on
-# 2 cores: 327 s without it, 211 s with it). Set here, before the first computation, which would find the
-# cache unset and leave it off for the session; the folder is this session's own, removed at its end.
+# Under JAX, Keras has XLA compile every new model's train and predict steps, and the tests build dozens of
+# models of a handful of architectures: JAX's compilation cache is keyed by the compiled program, not by the
+# model, so with it each program compiles once a test run. Set here, before the first computation, which would
+# find the cache unset and leave it off for the run; the folder is the run's own, removed at its end.
 if keras.backend.backend() == "jax":
     import jax
 

@@ -17,6 +17,7 @@ import pytest
 from conftest import PROJECT_DIR
 
 import classification
+import model_file
 
 CROSS_DIR = os.environ.get("CROSS_ENVIRONMENT_DIR")
 pytestmark = pytest.mark.skipif(not CROSS_DIR, reason="CROSS_ENVIRONMENT_DIR is not set (.ci/run sets it)")
@@ -59,7 +60,7 @@ def test_save_a_trained_model_for_the_other_environments(train_set):
     model = classification.train_classifier(train_gt, folder, fast_train=True)
     probabilities = model.predict(_pixels(), verbose=0)
     _write_whole(f"{ENVIRONMENT}.npy", lambda path: np.save(path, probabilities))
-    _write_whole(f"{ENVIRONMENT}.hdf5", lambda path: classification.save_model(model, path, CLASS_NAMES))
+    _write_whole(f"{ENVIRONMENT}.hdf5", lambda path: model_file.save_model(model, path, CLASS_NAMES))
     committed = keras.models.load_model(COMMITTED_MODEL).predict(_pixels(), verbose=0)
     _write_whole(f"committed-{ENVIRONMENT}.npy", lambda path: np.save(path, committed))
 
@@ -74,7 +75,7 @@ def test_every_environment_opens_every_saved_model_with_the_same_probabilities()
             difference = np.abs(probabilities - expected).max()
             where = f"{ENVIRONMENT} with {loader_name} on {os.path.basename(path)}"
             assert difference <= TOLERANCE, f"{where}: {difference}"
-        assert classification.load_class_names(path) == CLASS_NAMES, f"{ENVIRONMENT} on {os.path.basename(path)}"
+        assert model_file.load_class_names(path) == CLASS_NAMES, f"{ENVIRONMENT} on {os.path.basename(path)}"
     committed = keras.models.load_model(COMMITTED_MODEL).predict(_pixels(), verbose=0)
     for path in sorted(glob.glob(os.path.join(CROSS_DIR, "committed-*.npy"))):
         difference = np.abs(committed - np.load(path)).max()

@@ -1,4 +1,5 @@
-"""An ensemble of fine-tuned upper parts on the one frozen lower part (`Recipe.ensemble_members`)."""
+"""An ensemble of fine-tuned upper parts on the one frozen lower part (`Recipe.ensemble_members`), and the
+studies' ensembles of ensembles."""
 
 import dataclasses
 
@@ -8,6 +9,8 @@ import pytest
 from conftest import NUM_CLASSES, write_train_set
 
 import classification
+import model_file
+from studies import members
 
 MEMBERS = 2
 
@@ -65,7 +68,7 @@ def test_an_ensemble_round_trips_through_save_model_and_plain_load_model(trained
     _, ensemble, _ = trained
     train_gt, folder = train_set
     path = str(tmp_path / "ensemble.hdf5")
-    classification.save_model(ensemble, path)
+    model_file.save_model(ensemble, path)
     loaded = keras.models.load_model(path)
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded.layers)
     images = _images(4)
@@ -74,36 +77,18 @@ def test_an_ensemble_round_trips_through_save_model_and_plain_load_model(trained
     assert sorted(labels) == sorted(train_gt) and labels == classification.classify(ensemble, folder)
 
 
-def test_members_with_views_of_their_own_share_the_first_member_and_differ_after(train_set):
-    train_gt, folder = train_set
-    # Two views, so that a member's own views (the augmented ones) can differ from the first member's.
-    shared = dataclasses.replace(classification.FAST_RECIPE, ensemble_members=MEMBERS, views=2, member_views=False)
-    on_shared_views, _ = classification.train(train_gt, folder, shared)
-    on_own_views, _ = classification.train(train_gt, folder, dataclasses.replace(shared, member_views=True))
-    later, changed = 0, 0
-    for layer in on_shared_views.layers:
-        pairs = list(zip(layer.get_weights(), on_own_views.get_layer(layer.name).get_weights()))
-        if layer.name.endswith(f"_member_{MEMBERS}"):
-            later += bool(pairs)
-            changed += any(not np.array_equal(first, second) for first, second in pairs)
-        else:
-            for first, second in pairs:
-                np.testing.assert_array_equal(second, first, err_msg=layer.name)
-    assert later > 0 and changed > 0
-
-
 def test_an_ensemble_of_ensembles_is_one_flat_ensemble_of_all_their_members(trained, tmp_path):
     # What studies/cv_study.py --average does with the fold models of recipes of two members.
     single, pair, _ = trained
-    combined = classification.ensemble([pair, single])
+    combined = members.flat_ensemble([pair, single])
     names = [layer.name for layer in combined.layers]
     assert len(names) == len(set(names))
-    assert len(combined.get_layer(classification.ENSEMBLE_LAYER).input) == MEMBERS + 1
+    assert len(members.member_probabilities(combined)) == MEMBERS + 1
     images = _images(4)
     expected = (MEMBERS * pair.predict(images, verbose=0) + single.predict(images, verbose=0)) / (MEMBERS + 1)
     np.testing.assert_allclose(combined.predict(images, verbose=0), expected, atol=1e-6)
     path = str(tmp_path / "combined.hdf5")
-    classification.save_model(combined, path)
+    model_file.save_model(combined, path)
     np.testing.assert_allclose(keras.models.load_model(path).predict(images, verbose=0), expected, atol=1e-6)
 
 

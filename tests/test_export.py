@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 from conftest import NUM_CLASSES, PROJECT_DIR, SMALL_IMAGE_SIZE, write_images
 
+import answers
 import classification
 import export
+import model_file
 import run
 
 # The bound for a float file: the largest difference from the Keras model's probabilities.
@@ -56,7 +58,7 @@ def class_means(small_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("train")
     names = [f"{index}.jpg" for index in range(NUM_CLASSES * 2)]
     write_images(folder, names, seed=5)
-    return classification.class_means(
+    return answers.class_means(
         small_model, {name: index % NUM_CLASSES for index, name in enumerate(names)}, folder
     )
 
@@ -82,7 +84,7 @@ def test_a_float_file_gives_the_models_probabilities_and_similarity_with_names_a
     # An independent computation: the Keras model's probabilities; the cosine of its head features,
     # computed here in NumPy, to the nearest class mean.
     expected = small_model.predict_on_batch(images.astype(np.float32))
-    features_model = keras.Model(small_model.inputs, small_model.get_layer(classification.FEATURE_LAYER).output)
+    features_model = keras.Model(small_model.inputs, small_model.get_layer(answers.FEATURE_LAYER).output)
     features = features_model.predict_on_batch(images.astype(np.float32))
     cosines = (features / np.linalg.norm(features, axis=1, keepdims=True)) @ class_means.T
     np.testing.assert_allclose(probabilities, expected, atol=PROBABILITY_TOLERANCE)
@@ -144,7 +146,7 @@ def test_an_environment_without_the_converters_says_which_can(small_model, tmp_p
 
 def test_the_command_refuses_a_bad_request_in_one_line(small_model, tmp_path, capsys):
     model_path = str(tmp_path / "small.hdf5")
-    classification.save_model(small_model, model_path)
+    model_file.save_model(small_model, model_path)
     assert run.main(["--export", str(tmp_path / "birds.zip"), "--model", model_path]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: cannot export to") and error.count("\n") == 1
@@ -156,7 +158,7 @@ def test_the_command_refuses_a_bad_request_in_one_line(small_model, tmp_path, ca
 @needs_converters
 def test_the_command_writes_the_file_and_checks_it_on_the_samples(small_model, tmp_path, capsys):
     model_path = str(tmp_path / "small.hdf5")
-    classification.save_model(small_model, model_path, NAMES, MIN_CONFIDENCE)
+    model_file.save_model(small_model, model_path, NAMES, MIN_CONFIDENCE)
     out = str(tmp_path / "small.onnx")
     assert run.main(["--export", out, "--model", model_path]) == 0
     printed = capsys.readouterr().out
@@ -189,7 +191,7 @@ def test_the_examples_label_the_samples_as_predict_does_without_keras(exported_b
     printed = dict(line.split(": ", 1) for line in done.stdout.splitlines())
     rule = run._unknown_rule(None, None, run.MODEL_PATH)
     model = run.load_model(run.MODEL_PATH)
-    answers = classification.predict(model, paths, 1, classification.load_class_names(run.MODEL_PATH), *rule)
-    for path, found in answers.items():
+    predictions = answers.predict(model, paths, 1, model_file.load_class_names(run.MODEL_PATH), *rule)
+    for path, found in predictions.items():
         answer = f"unknown (best guess {found[0].name})" if found.unknown else found[0].name
         assert printed[path] == f"{answer}, {found[0].probability:.1%}"

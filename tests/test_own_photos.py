@@ -12,10 +12,13 @@ import pytest
 from conftest import IMAGE_SHAPE, NUM_CLASSES, PROJECT_DIR, SMALL_IMAGE_SIZE, write_images
 from PIL import Image
 
+import answers
 import classification
 import datasets
+import model_file
 import report
 import run
+from studies import calibration
 
 # One format per file type of classification.IMAGE_EXTENSIONS: (extension, Pillow format, save options).
 # Lossy formats at a high quality, so that one photo stays one photo in every format.
@@ -64,10 +67,10 @@ def test_every_photo_format_is_labelled_in_a_folder_scan_with_the_same_top_answe
     _photo_in_every_format(folder, SAMPLE_PHOTO)
     (tmp_path / "formats" / "notes.txt").write_text("not a photo")
     model = run.load_model(run.MODEL_PATH)
-    predictions = classification.predict(model, folder, top_k=1)
+    predictions = answers.predict(model, folder, top_k=1)
     assert sorted(predictions) == sorted(f"bird{extension}" for extension, _, _ in FORMATS)
-    assert len({answers[0].class_id for answers in predictions.values()}) == 1
-    assert classification.passed_over_files(folder) == ["notes.txt"]
+    assert len({said[0].class_id for said in predictions.values()}) == 1
+    assert datasets.passed_over_files(folder) == ["notes.txt"]
 
 
 def test_without_pillow_heif_the_module_imports_and_the_warning_gives_the_reason(tmp_path):
@@ -98,7 +101,7 @@ def test_predict_and_report_count_the_files_they_pass_over(small_model, tmp_path
     (folder / "notes.txt").write_text("")
     (folder / "list.csv").write_text("")
     model_path = str(tmp_path / "model.hdf5")
-    classification.save_model(small_model, model_path, {0: "A", 1: "B", 2: "C"})
+    model_file.save_model(small_model, model_path, {0: "A", 1: "B", 2: "C"})
     assert run.main(["--predict", str(folder), "--model", model_path]) == 0
     assert f"Passed over 2 file(s) in {folder} that are not images: list.csv, notes.txt" in capsys.readouterr().out
 
@@ -121,13 +124,13 @@ def test_train_command_takes_a_folder_per_species_and_saves_names_and_threshold(
     root = _species_tree(tmp_path / "species", train_gt, folder)
     model_path = str(tmp_path / "mine.hdf5")
     run.train_and_save(root, model_path, recipe=classification.FAST_RECIPE)
-    assert classification.load_class_names(model_path) == dict(enumerate(SPECIES))
-    assert classification.load_min_confidence(model_path) == classification.DEFAULT_MIN_CONFIDENCE
-    assert classification.load_min_similarity(model_path) == pytest.approx(classification.DEFAULT_MIN_SIMILARITY)
+    assert model_file.load_class_names(model_path) == dict(enumerate(SPECIES))
+    assert model_file.load_min_confidence(model_path) == answers.DEFAULT_MIN_CONFIDENCE
+    assert model_file.load_min_similarity(model_path) == pytest.approx(answers.DEFAULT_MIN_SIMILARITY)
     model = keras.models.load_model(model_path)
     np.testing.assert_allclose(
-        classification.load_class_means(model_path),
-        classification.class_means(model, train_gt, folder),
+        model_file.load_class_means(model_path),
+        answers.class_means(model, train_gt, folder),
         atol=1e-5,
     )
     assert f"Training on {len(train_gt)} photos of {NUM_CLASSES} species" in capsys.readouterr().out
@@ -179,7 +182,7 @@ def test_a_training_folder_that_is_not_a_layout_gets_one_clear_line(tmp_path, ca
 
 def test_report_on_a_folder_per_species_matches_folders_to_the_model_by_name(small_model, tmp_path, capsys):
     model_path = str(tmp_path / "model.hdf5")
-    classification.save_model(small_model, model_path, dict(enumerate(SPECIES)))
+    model_file.save_model(small_model, model_path, dict(enumerate(SPECIES)))
     root = _tree(tmp_path / "test", {"Łabędź niemy/1.png": None, "Blue Jay/2.png": None, "Blue Jay/n.txt": ""})
     expected = datasets.species_folder_labels(root, dict(enumerate(SPECIES)))
     assert expected == {os.path.join("Blue Jay", "2.png"): 0, os.path.join("Łabędź niemy", "1.png"): 2}
@@ -206,7 +209,7 @@ def confident_model_path(tmp_path):
     kernel[2, 0] = np.log(4 / 3) / 255
     model.layers[-1].set_weights([kernel, np.zeros(3, np.float32)])
     path = str(tmp_path / "confident.hdf5")
-    classification.save_model(model, path, {0: "Red", 1: "Green", 2: "Blue"}, min_confidence=0.6)
+    model_file.save_model(model, path, {0: "Red", 1: "Green", 2: "Blue"}, min_confidence=0.6)
     return path
 
 
@@ -219,13 +222,13 @@ def _colour_photos(folder):
 
 def test_unknown_below_the_threshold_that_travels_in_the_model_file(confident_model_path, tmp_path, capsys):
     folder = _colour_photos(tmp_path / "photos")
-    assert classification.load_min_confidence(confident_model_path) == pytest.approx(0.6)
+    assert model_file.load_min_confidence(confident_model_path) == pytest.approx(0.6)
     model = keras.models.load_model(confident_model_path)
-    names = classification.load_class_names(confident_model_path)
-    answers = classification.predict(model, folder, top_k=2, class_names=names, min_confidence=0.6)
-    assert answers["red.png"][0].probability == pytest.approx(0.9, abs=1e-4) and not answers["red.png"].unknown
-    assert answers["blue.png"][0].probability == pytest.approx(0.4, abs=1e-4) and answers["blue.png"].unknown
-    assert answers["blue.png"][0].name == "Red"  # the best guess is still there
+    names = model_file.load_class_names(confident_model_path)
+    predictions = answers.predict(model, folder, top_k=2, class_names=names, min_confidence=0.6)
+    assert predictions["red.png"][0].probability == pytest.approx(0.9, abs=1e-4) and not predictions["red.png"].unknown
+    assert predictions["blue.png"][0].probability == pytest.approx(0.4, abs=1e-4) and predictions["blue.png"].unknown
+    assert predictions["blue.png"][0].name == "Red"  # the best guess is still there
     assert classification.classify(model, folder) == {"blue.png": 0, "red.png": 0}
 
     output = tmp_path / "answers.csv"
@@ -254,7 +257,7 @@ def test_unknown_below_the_threshold_that_travels_in_the_model_file(confident_mo
             f"--min-confidence must be from 0 to 1 (0 turns 'unknown' off); got {float(bad)}" in capsys.readouterr().err
         )
     with pytest.raises(ValueError, match="min_confidence must be a number from 0 to 1"):
-        classification.predict(model, folder, min_confidence=2)
+        answers.predict(model, folder, min_confidence=2)
 
 
 def test_report_counts_unknown_answers_as_wrong(confident_model_path, tmp_path, capsys):
@@ -295,7 +298,7 @@ def test_the_public_training_data_as_a_folder_per_species_trains_the_same_model(
 def _features(model, paths):
     """An independent reference: the FEATURE_LAYER output of `model` on the resized photos."""
     images = np.stack([classification.load_image(path, SMALL_IMAGE_SIZE) for path in paths]).astype("float32")
-    features_model = keras.Model(model.inputs, model.get_layer(classification.FEATURE_LAYER).output)
+    features_model = keras.Model(model.inputs, model.get_layer(answers.FEATURE_LAYER).output)
     return np.asarray(features_model.predict(images, verbose=0))
 
 
@@ -309,29 +312,29 @@ def test_class_means_travel_in_the_model_file_which_plain_keras_still_opens(smal
     features = _features(small_model, [os.path.join(folder, name) for name in names])
     labels = np.array([train_gt[name] for name in names])
     expected = _unit(np.stack([features[labels == label].mean(axis=0) for label in range(NUM_CLASSES)]))
-    means = classification.class_means(small_model, train_gt, folder)
+    means = answers.class_means(small_model, train_gt, folder)
     np.testing.assert_allclose(means, expected, atol=1e-5)
 
     path = str(tmp_path / "with_means.hdf5")
-    classification.save_model(small_model, path, class_means=means, min_similarity=0.5)
-    np.testing.assert_array_equal(classification.load_class_means(path), means)
-    assert classification.load_min_similarity(path) == 0.5
+    model_file.save_model(small_model, path, class_means=means, min_similarity=0.5)
+    np.testing.assert_array_equal(model_file.load_class_means(path), means)
+    assert model_file.load_min_similarity(path) == 0.5
     images = np.random.default_rng(0).integers(0, 256, (2, SMALL_IMAGE_SIZE, SMALL_IMAGE_SIZE, 3))
     loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(loaded.predict(images, verbose=0), small_model.predict(images, verbose=0))
 
     plain = str(tmp_path / "plain.hdf5")
-    classification.save_model(small_model, plain)
-    assert classification.load_class_means(plain) is None and classification.load_min_similarity(plain) == 0.0
+    model_file.save_model(small_model, plain)
+    assert model_file.load_class_means(plain) is None and model_file.load_min_similarity(plain) == 0.0
     with pytest.raises(ValueError, match=r"class_means must have shape \(3, 256\) for this model; got \(3, 4\)"):
-        classification.save_model(small_model, plain, class_means=np.ones((NUM_CLASSES, 4)))
+        model_file.save_model(small_model, plain, class_means=np.ones((NUM_CLASSES, 4)))
     with pytest.raises(ValueError, match="min_similarity must be a number from 0 to 1; got 1.5"):
-        classification.save_model(small_model, plain, min_similarity=1.5)
+        model_file.save_model(small_model, plain, min_similarity=1.5)
 
 
 def test_unknown_where_a_photo_is_unlike_every_class_mean(small_model, train_set, tmp_path, capsys):
     train_gt, folder = train_set
-    means = classification.class_means(small_model, train_gt, folder)
+    means = answers.class_means(small_model, train_gt, folder)
     photos = tmp_path / "photos"
     names = [f"{index}.png" for index in range(8)]
     write_images(photos, names, seed=5)
@@ -341,9 +344,9 @@ def test_unknown_where_a_photo_is_unlike_every_class_mean(small_model, train_set
     expected = {name: bool(cosine < threshold) for name, cosine in zip(names, cosines)}
     assert 0 < sum(expected.values()) < len(names)
 
-    answers = classification.predict(small_model, str(photos), class_means=means, min_similarity=threshold)
-    assert {name: answer.unknown for name, answer in answers.items()} == expected
-    none = classification.predict(small_model, str(photos), class_means=means, min_similarity=0.0)
+    predictions = answers.predict(small_model, str(photos), class_means=means, min_similarity=threshold)
+    assert {name: answer.unknown for name, answer in predictions.items()} == expected
+    none = answers.predict(small_model, str(photos), class_means=means, min_similarity=0.0)
     assert not any(answer.unknown for answer in none.values())
     gt = {name: 0 for name in names}
     evaluation = report.evaluate(small_model, str(photos), gt, means)
@@ -351,7 +354,7 @@ def test_unknown_where_a_photo_is_unlike_every_class_mean(small_model, train_set
     assert report.summarise(evaluation, 0.0, threshold).unknown == sum(expected.values())
 
     model_path = str(tmp_path / "model.hdf5")
-    classification.save_model(small_model, model_path, class_means=means, min_similarity=threshold)
+    model_file.save_model(small_model, model_path, class_means=means, min_similarity=threshold)
     assert run.main(["--predict", str(photos), "--model", model_path]) == 0
     printed = capsys.readouterr().out
     assert f"{sum(expected.values())} of {len(names)} answered unknown" in printed
@@ -361,7 +364,7 @@ def test_unknown_where_a_photo_is_unlike_every_class_mean(small_model, train_set
     assert run.main(["--predict", str(photos), "--model", model_path, "--min-similarity", "1.5"]) == 1
     assert "--min-similarity must be from 0 to 1 (0 turns the cosine test off); got 1.5" in capsys.readouterr().err
     without_means = str(tmp_path / "without_means.hdf5")
-    classification.save_model(small_model, without_means)
+    model_file.save_model(small_model, without_means)
     assert run.main(["--predict", str(photos), "--model", without_means, "--min-similarity", "0.5"]) == 1
     assert "--min-similarity needs the species' mean features" in capsys.readouterr().err
 
@@ -369,7 +372,7 @@ def test_unknown_where_a_photo_is_unlike_every_class_mean(small_model, train_set
 def test_unknown_thresholds_keep_the_share_asked_for_and_little_more():
     rng = np.random.default_rng(0)
     largest, similarities = rng.uniform(0, 1, 400), rng.uniform(0, 1, 400)
-    min_confidence, min_similarity = classification.unknown_thresholds(largest, similarities, 0.95)
+    min_confidence, min_similarity = calibration.unknown_thresholds(largest, similarities, 0.95)
     named = (largest >= min_confidence) & (similarities >= min_similarity)
     # At least 95 % named, and within 4 photos of it.
     assert 0.95 <= named.mean() < 0.96
@@ -377,12 +380,5 @@ def test_unknown_thresholds_keep_the_share_asked_for_and_little_more():
     assert 0 < (largest < min_confidence).sum() and min_confidence < np.quantile(largest, 0.05)
     assert 0 < (similarities < min_similarity).sum() and min_similarity < np.quantile(similarities, 0.05)
     # Where no photo has a low cosine, the threshold is that of the largest probability alone.
-    alone, _ = classification.unknown_thresholds(largest, np.ones(400), 0.95)
+    alone, _ = calibration.unknown_thresholds(largest, np.ones(400), 0.95)
     assert alone == pytest.approx(np.quantile(largest, 0.05))
-    # The whole share given to one score: its threshold alone, the other's the smallest score, which keeps every photo.
-    only_largest = classification.unknown_thresholds(largest, similarities, 0.95, similarity_share=0.0)
-    assert only_largest == pytest.approx((np.quantile(largest, 0.05), similarities.min()))
-    only_similarity = classification.unknown_thresholds(largest, similarities, 0.95, similarity_share=1.0)
-    assert only_similarity == pytest.approx((largest.min(), np.quantile(similarities, 0.05)))
-    with pytest.raises(ValueError, match="similarity_share must be a number from 0 to 1; got 1.5"):
-        classification.unknown_thresholds(largest, similarities, 0.95, similarity_share=1.5)

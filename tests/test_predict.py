@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from conftest import NUM_CLASSES, PROJECT_DIR, folder_state, write_images
 
+import answers
 import classification
 import datasets
+import model_file
 import run
 
 SHARED_CLASSES = os.path.join(PROJECT_DIR, "..", "shared", "birds", "classes.csv")
@@ -28,13 +30,13 @@ def image_folder(tmp_path):
 def named_model_path(small_model, tmp_path):
     path = str(tmp_path / "named.hdf5")
     # Class 2 has no name: it must show as "class 2".
-    classification.save_model(small_model, path, {0: "Least_Auklet", 1: "Rüppell's Warbler"})
+    model_file.save_model(small_model, path, {0: "Least_Auklet", 1: "Rüppell's Warbler"})
     return path
 
 
 def test_top_k_answers_are_sorted_probabilities_with_names_and_a_fallback(small_model, image_folder):
     names = {0: "Least_Auklet", 1: "Horned_Lark"}
-    predictions = classification.predict(small_model, image_folder, top_k=3, class_names=names)
+    predictions = answers.predict(small_model, image_folder, top_k=3, class_names=names)
     assert sorted(predictions) == sorted(classification.image_files(image_folder))
     expected_probabilities = small_model.predict(
         np.stack(
@@ -42,34 +44,34 @@ def test_top_k_answers_are_sorted_probabilities_with_names_and_a_fallback(small_
         ).astype("float32"),
         verbose=0,
     )
-    for (file, answers), row in zip(sorted(predictions.items()), expected_probabilities):
-        assert len(answers) == 3
-        probabilities = [answer.probability for answer in answers]
+    for (file, said), row in zip(sorted(predictions.items()), expected_probabilities):
+        assert len(said) == 3
+        probabilities = [answer.probability for answer in said]
         assert probabilities == sorted(probabilities, reverse=True)
         assert sum(probabilities) <= 1 + 1e-6
-        assert sorted(answer.class_id for answer in answers) == list(range(NUM_CLASSES))
-        assert {answer.class_id: answer.name for answer in answers} == {
+        assert sorted(answer.class_id for answer in said) == list(range(NUM_CLASSES))
+        assert {answer.class_id: answer.name for answer in said} == {
             0: "Least_Auklet",
             1: "Horned_Lark",
             2: "class 2",
         }
         np.testing.assert_allclose(probabilities, np.sort(row)[::-1], atol=1e-5)
-        assert answers[0].class_id == classification.classify(small_model, image_folder)[file]
+        assert said[0].class_id == classification.classify(small_model, image_folder)[file]
 
 
 def test_predict_takes_a_list_of_files_and_refuses_bad_arguments(small_model, image_folder, tmp_path):
     paths = [os.path.join(image_folder, "1.png"), os.path.join(image_folder, "0.png")]
-    predictions = classification.predict(small_model, paths, top_k=1)
+    predictions = answers.predict(small_model, paths, top_k=1)
     assert list(predictions) == paths
     assert predictions[paths[0]][0].name.startswith("class ")
     with pytest.raises(ValueError, match="top_k"):
-        classification.predict(small_model, paths, top_k=0)
+        answers.predict(small_model, paths, top_k=0)
     with pytest.raises(FileNotFoundError, match="nothere.jpg"):
-        classification.predict(small_model, [str(tmp_path / "nothere.jpg")])
+        answers.predict(small_model, [str(tmp_path / "nothere.jpg")])
 
 
 def test_names_travel_in_the_model_file_which_plain_keras_still_opens(small_model, named_model_path, image_folder):
-    assert classification.load_class_names(named_model_path) == {0: "Least_Auklet", 1: "Rüppell's Warbler"}
+    assert model_file.load_class_names(named_model_path) == {0: "Least_Auklet", 1: "Rüppell's Warbler"}
     loaded = keras.models.load_model(named_model_path)
     labels = classification.classify(loaded, image_folder)
     assert labels == classification.classify(small_model, image_folder)
@@ -78,14 +80,14 @@ def test_names_travel_in_the_model_file_which_plain_keras_still_opens(small_mode
 
 def test_a_model_saved_without_names_has_none_and_bad_names_are_refused(small_model, tmp_path):
     path = str(tmp_path / "plain.hdf5")
-    classification.save_model(small_model, path)
-    assert classification.load_class_names(path) == {}
+    model_file.save_model(small_model, path)
+    assert model_file.load_class_names(path) == {}
     with pytest.raises(ValueError, match="class_names"):
-        classification.save_model(small_model, path, {"0": "Least_Auklet"})
+        model_file.save_model(small_model, path, {"0": "Least_Auklet"})
 
 
 def test_the_committed_model_names_every_species():
-    names = classification.load_class_names(run.MODEL_PATH)
+    names = model_file.load_class_names(run.MODEL_PATH)
     assert sorted(names) == list(range(50)) and all(names.values())
     if os.path.isfile(SHARED_CLASSES):
         assert names == datasets.read_classes(SHARED_CLASSES)
@@ -100,7 +102,7 @@ def test_predict_command_with_nothing_given_names_the_shipped_samples(capsys):
     assert folder_state(PROJECT_DIR) == before
     printed = capsys.readouterr().out
     expected = datasets.read_gt(os.path.join(run.SAMPLES_DIR, "gt.csv"))
-    names = classification.load_class_names(run.MODEL_PATH)
+    names = model_file.load_class_names(run.MODEL_PATH)
     prefix = os.path.relpath(run.SAMPLES_DIR)
     table = {line.split()[0]: line for line in printed.splitlines() if line.startswith(prefix)}
     assert sorted(os.path.basename(path) for path in table) == sorted(samples)
@@ -167,7 +169,7 @@ def test_classes_csv_in_the_windows_code_page_and_missing_ids_fall_back(tmp_path
     path.write_bytes("class_id;name\r\n0;Rüppell's Warbler\r\n2;Horned_Lark\r\n".encode("cp1252"))
     names = datasets.read_classes(str(path))
     assert names == {0: "Rüppell's Warbler", 2: "Horned_Lark"}
-    assert [classification.class_name(label, names) for label in range(3)] == [
+    assert [answers.class_name(label, names) for label in range(3)] == [
         "Rüppell's Warbler",
         "class 1",
         "Horned_Lark",

@@ -2,7 +2,6 @@
 the page as a browser reads it, and nothing written but what is asked for."""
 
 import base64
-import dataclasses
 import html.parser
 import io
 import os
@@ -14,6 +13,7 @@ from PIL import Image
 
 import classification
 import datasets
+import model_file
 import report
 import run
 
@@ -164,7 +164,7 @@ def test_report_command_on_a_checker_layout_writes_only_the_report(small_model, 
     expected = _write_test(tests_dir, "00", {"not_there.jpg": 1})
     (tests_dir / "classes.csv").write_text("class_id,name\n0,Least_Auklet\n1,Horned_Lark\n")
     model_path = str(tmp_path / "model.hdf5")
-    classification.save_model(small_model, model_path)
+    model_file.save_model(small_model, model_path)
     output = tmp_path / "out" / "report.html"
     output.parent.mkdir()
     before = folder_state(tests_dir)
@@ -185,7 +185,7 @@ def test_report_command_writes_one_report_per_test_and_takes_a_single_test_with_
     _write_test(tests_dir, "00")
     _write_test(tests_dir, "01")
     model_path = str(tmp_path / "model.hdf5")
-    classification.save_model(small_model, model_path, {0: "Least_Auklet"})
+    model_file.save_model(small_model, model_path, {0: "Least_Auklet"})
     output = tmp_path / "out"
     output.mkdir()
     assert run.main(["--report", str(tests_dir), "--model", model_path, "--output", str(output / "r.html")]) == 0
@@ -207,7 +207,7 @@ def test_report_command_explains_a_folder_without_a_test_and_an_empty_gt(tmp_pat
     assert "gt.csv: no image listed" in capsys.readouterr().err
 
 
-def test_training_curves_mark_the_kept_epoch_and_train_writes_nothing_but_what_run_saves(train_set, tmp_path):
+def test_training_curves_draw_both_phases_and_validation_images_change_no_weight(train_set, tmp_path):
     train_gt, folder = train_set
     validation = (dict(list(train_gt.items())[:6]), folder)
     recipe = classification.FAST_RECIPE
@@ -219,7 +219,6 @@ def test_training_curves_mark_the_kept_epoch_and_train_writes_nothing_but_what_r
     assert set(history) == {"head", "fine_tune"}
     for phase, epochs in (("head", recipe.head_epochs), ("fine_tune", recipe.fine_tune_epochs)):
         assert len(history[phase]["loss"]) == len(history[phase]["val_accuracy"]) == epochs
-        assert history[phase]["kept_epoch"] == epochs - 1
     path = tmp_path / "curves.png"
     report.training_curves(history).savefig(str(path))
     with Image.open(path) as image:
@@ -239,7 +238,7 @@ def test_train_command_saves_the_model_with_names_and_the_curves_beside_it(train
         str(train_dir), str(models / "mine.hdf5"), str(tmp_path / "classes.csv"), recipe=classification.FAST_RECIPE
     )
     assert sorted(os.listdir(models)) == ["mine.hdf5", "mine_training.png"]
-    assert classification.load_class_names(str(models / "mine.hdf5"))[2] == "Gadwall"
+    assert model_file.load_class_names(str(models / "mine.hdf5"))[2] == "Gadwall"
     with pytest.raises(run.HarnessError, match="not a writable folder"):
         run.train_and_save(str(train_dir), str(tmp_path / "no_such_folder" / "mine.hdf5"))
 
@@ -263,6 +262,3 @@ def test_validation_images_are_checked_before_any_training(train_set, tmp_path):
         )
     with pytest.raises(ValueError, match="class ids the training set has"):
         classification.train(train_gt, folder, classification.FAST_RECIPE, validation=({"000.jpg": 7}, folder))
-    split_recipe = dataclasses.replace(classification.FAST_RECIPE, validation_fraction=0.25)
-    with pytest.raises(ValueError, match="one or the other"):
-        classification.train(train_gt, folder, split_recipe, validation=(train_gt, folder))
