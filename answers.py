@@ -1,16 +1,25 @@
-"""What the model answers for a photo: its top-k species with names, or "unknown" ("not one of these species").
+"""What the model answers for a photo: "unknown" ("not one of these species"), or the set of species that holds
+the true one with the coverage asked, named by their group where they share one; and its top-k species.
 
     path = "birds_model.hdf5"
     answers.predict(model, "my_photos", top_k=5, class_names=model_file.load_class_names(path),
                     min_confidence=model_file.load_min_confidence(path), class_means=model_file.load_class_means(path),
-                    min_similarity=model_file.load_min_similarity(path))
-        # {"IMG_1.jpg": Answers([Prediction(name="Least_Auklet", class_id=7, probability=0.93), ...],
-        #                       unknown=False), ...}
+                    min_similarity=model_file.load_min_similarity(path), coverage=0.95,
+                    conformity_scores=model_file.load_conformity_scores(path),
+                    class_groups=model_file.load_class_groups(path))
+        # {"IMG_1.jpg": Answers([Prediction(name="Anna_Hummingbird", class_id=34, probability=0.62), ...],
+        #                       unknown=False, species_set=[Prediction(name="Anna_Hummingbird", ...),
+        #                       Prediction(name="Rufous_Hummingbird", ...)], group="Hummingbirds"), ...}
+        # str(answer) == "Hummingbirds: Anna_Hummingbird or Rufous_Hummingbird"
 
 "Unknown" is answered where the largest probability is below `min_confidence`, or where the photo's head
 features (FEATURE_LAYER) have a cosine below `min_similarity` to every species' mean feature (`class_means`):
 a photo unlike every species' training photos. `run.py --predict`, the report, the page and the export
-all answer through `unknown_answers`.
+all answer through `unknown_answers`. The rule comes first; a photo it keeps gets its prediction set
+(`conformal`): every species as probable as the calibration's threshold for the coverage asked, at least the
+most probable one. Said in words: one species, its name; a set whose species share a group, the group and
+its species; else "not sure" and the species. A model file without a calibration answers with the most
+probable species alone.
 """
 
 import collections
@@ -22,6 +31,7 @@ import numpy as np
 from keras import layers
 
 import classification
+import conformal
 
 # The thresholds `run.py --train` saves in the model file: those that keep 95 % of held-out photos of the
 # model's own species for the recipe's two-member ensemble, by 3-fold cross-validation on the training
@@ -39,17 +49,55 @@ _FEATURE_MODELS = weakref.WeakKeyDictionary()
 
 
 class Answers(list):
-    """What `predict` says of one image: its top-k `Prediction`s, a list, best first; and `unknown`, True
+    """What `predict` says of one image: its top-k `Prediction`s, a list, best first; `unknown`, True
     where the model is not sure enough to name one ("not one of these species"), when the predictions are
-    its best guesses."""
+    its best guesses; `species_set`, the `Prediction`s of its prediction set, best first; and `group`, the
+    group every species of the set belongs to, or None. `str()` gives the answer in words."""
 
-    def __init__(self, predictions, unknown=False):
+    def __init__(self, predictions, unknown=False, species_set=(), group=None):
         super().__init__(predictions)
         self.unknown = unknown
+        self.species_set = list(species_set) or list(predictions[:1])
+        self.group = group
+
+    def __str__(self):
+        return answer_in_words([answer.name for answer in self.species_set], self.group, self.unknown)
 
 
-def predict(model, images, top_k=5, class_names=None, min_confidence=0.0, class_means=None, min_similarity=0.0):
-    """The `top_k` most probable species of each image, most probable first, and whether it is "unknown".
+def answer_in_words(names, group=None, unknown=False):
+    """"unknown"; one species' name; "GROUP: A or B" for species that share a group; "not sure: A, B or C"."""
+    if unknown:
+        return "unknown"
+    if len(names) == 1:
+        return names[0]
+    return f"{group}: {listed(names)}" if group else f"not sure: {listed(names)}"
+
+
+def listed(names):
+    """"A", "A or B", "A, B or C"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def shared_group(class_ids, class_groups):
+    """The group of every one of `class_ids` in {class id: group}, or None where they do not share one."""
+    groups = {class_groups.get(class_id) for class_id in class_ids}
+    return groups.pop() if len(groups) == 1 and None not in groups else None
+
+
+def predict(
+    model,
+    images,
+    top_k=5,
+    class_names=None,
+    min_confidence=0.0,
+    class_means=None,
+    min_similarity=0.0,
+    coverage=conformal.DEFAULT_COVERAGE,
+    conformity_scores=None,
+    class_groups=None,
+):
+    """The `top_k` most probable species of each image, most probable first, whether it is "unknown", and
+    its prediction set with the group the set shares.
 
     Args:
         model: a model from `classification.train_classifier` or `keras.models.load_model`.
@@ -59,16 +107,23 @@ def predict(model, images, top_k=5, class_names=None, min_confidence=0.0, class_
         min_confidence: "unknown" where the largest probability is below this; 0 always names a species.
         class_means, min_similarity: "unknown" too where the photo's FEATURE_LAYER features have a cosine
             below `min_similarity` to every row of `class_means`; None or 0: no such test.
+        coverage: how often the set should hold the true species, between 0 and 1, for photos of the
+            model's species.
+        conformity_scores: the calibration (`model_file.load_conformity_scores`); None: each set is the most
+            probable species alone.
+        class_groups: {class id: group name}; a set whose species all have one group is named by it.
 
     Returns:
-        {file: Answers([Prediction(name, class_id, probability), ...], unknown)}, keyed by file name for a
-        folder and by the path as given for a list, in that order. Files that cannot be decoded are left
-        out, with one warning that lists them.
+        {file: Answers([Prediction(name, class_id, probability), ...], unknown, species_set, group)}, keyed
+        by file name for a folder and by the path as given for a list, in that order. Files that cannot be
+        decoded are left out, with one warning that lists them.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer; got {top_k!r}")
     check_threshold(min_confidence)
     check_threshold(min_similarity, "min_similarity")
+    conformal.check_coverage(coverage)
+    threshold = 1.0 if conformity_scores is None else conformal.probability_threshold(conformity_scores, coverage)
     if isinstance(images, (str, os.PathLike)):
         keys = classification.image_files(images)
         paths = [os.path.join(images, name) for name in keys]
@@ -81,15 +136,16 @@ def predict(model, images, top_k=5, class_names=None, min_confidence=0.0, class_
         model, paths, class_means if min_similarity > 0 else None
     )
     unknown = unknown_answers(probabilities, min_confidence, similarities, min_similarity)
-    class_names = class_names or {}
-    ranked = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
-    return {
-        keys[index]: Answers(
-            [Prediction(class_name(int(label), class_names), int(label), float(row[label])) for label in labels],
-            unknown=bool(is_unknown),
-        )
-        for index, row, labels, is_unknown in zip(decoded, probabilities, ranked, unknown)
-    }
+    class_names, class_groups = class_names or {}, class_groups or {}
+    ranked = np.argsort(-probabilities, axis=-1, kind="stable")
+    sets = conformal.prediction_sets(probabilities, threshold)
+    found = {}
+    for index, row, labels, is_unknown, in_set in zip(decoded, probabilities, ranked, unknown, sets):
+        said = [Prediction(class_name(int(label), class_names), int(label), float(row[label])) for label in labels]
+        members = [label for label in labels if in_set[label]]
+        group = shared_group(members, class_groups)
+        found[keys[index]] = Answers(said[:top_k], bool(is_unknown), said[: len(members)], group)
+    return found
 
 
 def unknown_answers(probabilities, min_confidence, similarities=None, min_similarity=0.0):

@@ -6,8 +6,12 @@ Training folders (`training_data`):
     TRAIN_DIR/SPECIES/photo.jpg ...            a folder per species, as Keras `image_dataset_from_directory`,
                                                torchvision `ImageFolder` and fastai take it: the folder names
                                                are the species names, ids in sorted name order
+    TRAIN_DIR/GROUP/SPECIES/photo.jpg ...      species in groups (Gulls/Herring Gull/): the groups
+                                               travel in the model file, the ids as without groups
     TRAIN_DIR/train/SPECIES/ + TRAIN_DIR/val/SPECIES/
                                                Ultralytics' layout: val/ is the validation set
+
+Groups of species (`read_groups`): a name,group CSV, for layouts without group folders.
 
 Test sets (`test_sets`): the checker's tests folder (NN_input/ + NN_gt/gt.csv, one or several), an image
 folder with a gt.csv, or a folder per species (or val/ of the Ultralytics layout), matched to the model's
@@ -40,8 +44,11 @@ VALIDATION_FOLDER = "val"
 NAMES_SHOWN = 8
 
 # A training set: {file name relative to image_dir: class id}, its folder, {class id: species name}
-# (empty where the layout names none), and None or (gt mapping, image folder) of validation images.
-TrainingData = collections.namedtuple("TrainingData", ["gt", "image_dir", "class_names", "validation"])
+# (empty where the layout names none), None or (gt mapping, image folder) of validation images, and
+# {class id: group name} (empty where the layout groups no species).
+TrainingData = collections.namedtuple(
+    "TrainingData", ["gt", "image_dir", "class_names", "validation", "class_groups"], defaults=({},)
+)
 # A test set: its id ("" for one, "NN" for NN_input), its image folder, {file name: class id}, the
 # training folder whose photos the report shows (or None), and a classes.csv that names its species
 # (or None).
@@ -81,6 +88,9 @@ def training_data(folder, classes_path=None):
         return TrainingData(
             gt, train_dir, class_names, (species_folder_labels(validation_dir, class_names), validation_dir)
         )
+    if _is_grouped(folder, subfolders):
+        gt, class_names, class_groups = read_grouped_species_folders(folder)
+        return TrainingData(gt, folder, class_names, None, class_groups)
     gt, class_names = read_species_folders(folder)
     return TrainingData(gt, folder, class_names, None)
 
@@ -98,6 +108,53 @@ def read_species_folders(folder):
     species = _species_folders(folder, least=2)
     train_gt = {os.path.join(name, image): label for label, (name, images) in enumerate(species) for image in images}
     return train_gt, {label: name for label, (name, _) in enumerate(species)}
+
+
+def read_grouped_species_folders(folder):
+    """Read a folder of groups, each a folder per species (`my_birds/Gulls/Herring Gull/photo.jpg`), into
+    (train_gt, class_names, class_groups): the species ids are their names' sorted order, as in a folder per
+    species, whatever their groups; `class_groups` maps ids to the group folder's name. Raises LayoutError,
+    naming the folder, for a species in two groups or fewer than two species in all."""
+    species = []
+    for group in _subfolders(folder):
+        species += [(name, group, images) for name, images in _species_folders(os.path.join(folder, group), least=1)]
+    species.sort()
+    names = [name for name, _, _ in species]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise LayoutError(f"{folder!r}: species in more than one group: {_listed(twice)}; keep each in one group")
+    if len(species) < 2:
+        raise LayoutError(
+            f"{folder!r}: expected two species folders or more in its group folders; found {len(species)}"
+        )
+    train_gt = {
+        os.path.join(group, name, image): label
+        for label, (name, group, images) in enumerate(species)
+        for image in images
+    }
+    return train_gt, dict(enumerate(names)), {label: group for label, (_, group, _) in enumerate(species)}
+
+
+def read_groups(path, class_names):
+    """Read a name,group CSV into {class id: group} for the species of `class_names` ({class id: name});
+    rows for other species are passed over, so one list of a whole region's birds serves every model.
+    Raises LayoutError, naming the file, for a malformed row, a species given two groups, or a species of
+    `class_names` that the file lacks."""
+    groups = {}
+    for line_number, (name, group) in _read_table(path, ("name", "group"), "a CSV with header name,group"):
+        if not name or not group:
+            raise LayoutError(
+                f"{path}, line {line_number}: expected 'name,group', both filled; got {name!r}, {group!r}"
+            )
+        if groups.get(name, group) != group:
+            raise LayoutError(
+                f"{path}, line {line_number}: {name!r} is given a second group, {group!r} ({groups[name]!r} before)"
+            )
+        groups[name] = group
+    missing = [name for _, name in sorted(class_names.items()) if name not in groups]
+    if missing:
+        raise LayoutError(f"{path}: no group for the species {_listed(missing)}; expected a row name,group for each")
+    return {label: groups[name] for label, name in class_names.items()}
 
 
 def species_folder_labels(folder, class_names):
@@ -258,6 +315,12 @@ def _species_folders(folder, least):
     if empty:
         raise LayoutError(f"{folder!r}: species folder(s) with no photos: {_listed(empty)}")
     return species
+
+
+def _is_grouped(folder, subfolders):
+    """Whether `folder` holds groups of species folders: no photo in its own subfolders, photos below them."""
+    loose = any(classification.image_files(os.path.join(folder, name)) for name in subfolders)
+    return not loose and any(_holds_images(folder, name) for name in subfolders)
 
 
 def _subfolders(folder):

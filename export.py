@@ -6,7 +6,9 @@ or a Raspberry Pi, ONNX (.onnx) for ONNX Runtime anywhere.
 
 or, in Python, `export(model, "birds.tflite", class_names, ...)`. Beside OUT it writes OUT.labels.txt, the
 species names one per line in id order (the TFLite classifier convention), and, where the model file has
-an "unknown" rule, OUT.unknown.json with its thresholds. The exported graph takes what the Keras model
+an "unknown" rule, OUT.unknown.json with its thresholds, and where it has a calibration or groups,
+OUT.sets.json: the coverage asked, the smallest probability that puts a species in the prediction set
+for it, and each species' group. The exported graph takes what the Keras model
 takes, raw RGB pixels 0-255 of shape (batch, 224, 224, 3) under the input name "rgb_pixels" (float32;
 in an int8 file, int8: the pixel value minus 128, as its quantisation parameters say), and gives
 "probabilities" (batch, species) and, where the model file has class means, "similarity" (batch, 1): the
@@ -37,6 +39,7 @@ import classification
 FORMATS = {".tflite": "LiteRT (TensorFlow Lite)", ".onnx": "ONNX"}
 LABELS_SUFFIX = ".labels.txt"
 UNKNOWN_SUFFIX = ".unknown.json"
+SETS_SUFFIX = ".sets.json"
 # Names of the exported graph's outputs, the same in both formats.
 PROBABILITIES = "probabilities"
 SIMILARITY = "similarity"
@@ -68,10 +71,14 @@ def export(
     min_similarity=None,
     int8_images=None,
     max_quantization_steps=MAX_QUANTIZATION_STEPS,
+    prediction_sets=None,
+    class_groups=None,
 ):
     """Write `model` to `path` in the format its suffix names (FORMATS), with OUT.labels.txt beside it,
-    and OUT.unknown.json where `min_confidence` or `class_means` and `min_similarity` are given (as
-    `model_file.save_model` takes them). `int8_images`, a folder of photos, makes a .tflite file
+    OUT.unknown.json where `min_confidence` or `class_means` and `min_similarity` are given (as
+    `model_file.save_model` takes them), and OUT.sets.json where `prediction_sets`, (coverage, the
+    smallest probability in a set: `conformal.probability_threshold`), or `class_groups` ({class id: group})
+    are given. `int8_images`, a folder of photos, makes a .tflite file
     quantised to 8 bits, calibrated on REPRESENTATIVE_IMAGES of them; its layers whose 8-bit output errs by more than
     `max_quantization_steps` stay float32 (`_tflite`; infinity: every layer 8-bit). Returns the paths written."""
     suffix = check_request(path, int8_images)
@@ -95,7 +102,15 @@ def export(
         thresholds["min_similarity"] = float(min_similarity)
     if thresholds:
         written.append(path + UNKNOWN_SUFFIX)
-        _write(written[2], json.dumps(thresholds, indent=2) + "\n")
+        _write(written[-1], json.dumps(thresholds, indent=2) + "\n")
+    sets = {}
+    if prediction_sets is not None:
+        sets["coverage"], sets["min_probability"] = (float(value) for value in prediction_sets)
+    if class_groups:
+        sets["groups"] = [class_groups.get(label, "") for label in range(model.output_shape[-1])]
+    if sets:
+        written.append(path + SETS_SUFFIX)
+        _write(written[-1], json.dumps(sets, indent=2) + "\n")
     return written
 
 

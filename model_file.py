@@ -1,5 +1,6 @@
 """The model file: one HDF5 file that Keras 2.15 and Keras 3 (any backend) open with plain
-`keras.models.load_model`, with the species names and the "unknown" rule inside.
+`keras.models.load_model`, with the species names, the "unknown" rule, the calibration of the prediction
+sets and the species' groups inside.
 
     model_file.save_model(model, "my_model.hdf5", class_names={0: "Black_footed_Albatross", ...},
                           min_confidence=answers.DEFAULT_MIN_CONFIDENCE, class_means=class_means,
@@ -7,8 +8,11 @@
     model = keras.models.load_model("my_model.hdf5")
     names = model_file.load_class_names("my_model.hdf5")      # {} for a file saved without names
 
+    model_file.write_answers("my_model.hdf5", conformity_scores=scores, class_groups={0: "Albatrosses", ...})
+
 HDF5, because the checker opens the file with `load_model` and Keras 2 reads no other format that Keras 3
-writes. The names, thresholds and class means are HDF5 attributes and a dataset that Keras ignores.
+writes. The names, thresholds, groups, class means and conformity scores are HDF5 attributes and datasets that
+Keras ignores.
 """
 
 import collections.abc
@@ -28,12 +32,25 @@ CLASS_NAMES_ATTRIBUTE = "class_names"
 MIN_CONFIDENCE_ATTRIBUTE = "min_confidence"
 MIN_SIMILARITY_ATTRIBUTE = "min_similarity"
 CLASS_MEANS_DATASET = "class_means"
+# The calibration of the prediction sets (`conformal.conformity_scores`), and {"class id": group} as JSON.
+CONFORMITY_SCORES_DATASET = "conformity_scores"
+CLASS_GROUPS_ATTRIBUTE = "class_groups"
 
 
-def save_model(model, path, class_names=None, min_confidence=None, class_means=None, min_similarity=None):
+def save_model(
+    model,
+    path,
+    class_names=None,
+    min_confidence=None,
+    class_means=None,
+    min_similarity=None,
+    conformity_scores=None,
+    class_groups=None,
+):
     """Save `model` as one HDF5 file that every supported Keras opens with plain `load_model`, giving the
     same probabilities; with `class_names` ({class id: name}), `min_confidence`, `class_means` and
-    `min_similarity` (the "unknown" rule of `answers.predict`) inside, for the `load_*` readers below.
+    `min_similarity` (the "unknown" rule of `answers.predict`), `conformity_scores` and `class_groups` ({class
+    id: group}, see `write_answers`) inside, for the `load_*` readers below.
 
     Each Keras version saves its own dialect of the configuration; `_portable_layer` rewrites the few keys
     where they differ to the Keras 2 spelling, which both read. The optimizer is left out: the file is for
@@ -58,6 +75,28 @@ def save_model(model, path, class_names=None, min_confidence=None, class_means=N
             file.create_dataset(CLASS_MEANS_DATASET, data=class_means)
         if min_similarity is not None:
             file.attrs[MIN_SIMILARITY_ATTRIBUTE] = float(min_similarity)
+    write_answers(path, conformity_scores, class_groups)
+
+
+def write_answers(path, conformity_scores=None, class_groups=None):
+    """Write the calibration of the prediction sets (`conformal.conformity_scores`, one per calibration
+    photo) and the species' groups ({class id: group name}) into the model file at `path`, replacing those it
+    had; None leaves that part as it is. The model's weights are not touched, so a model is calibrated or
+    grouped without training it again."""
+    if conformity_scores is not None:
+        conformity_scores = np.sort(np.asarray(conformity_scores, np.float64))
+        if conformity_scores.ndim != 1 or not len(conformity_scores) or not np.all(np.isfinite(conformity_scores)):
+            raise ValueError(f"conformity_scores must be a non-empty list of numbers; got {conformity_scores!r}")
+    if class_groups is not None:
+        class_groups = _validated_class_groups(class_groups)
+    with h5py.File(path, "r+") as file:
+        if conformity_scores is not None:
+            if CONFORMITY_SCORES_DATASET in file:
+                del file[CONFORMITY_SCORES_DATASET]
+            file.create_dataset(CONFORMITY_SCORES_DATASET, data=conformity_scores)
+        if class_groups is not None:
+            stored = {str(label): group for label, group in sorted(class_groups.items())}
+            file.attrs[CLASS_GROUPS_ATTRIBUTE] = json.dumps(stored)
 
 
 def check_model_path(path):
@@ -95,6 +134,39 @@ def load_min_similarity(path):
     """The cosine threshold in the model file; 0 (no such test) for a file saved without one."""
     with h5py.File(path, "r") as file:
         return float(file.attrs.get(MIN_SIMILARITY_ATTRIBUTE, 0.0))
+
+
+def load_conformity_scores(path):
+    """The calibration of the prediction sets in the model file (sorted), or None for a file without one,
+    which answers with its most probable species alone."""
+    with h5py.File(path, "r") as file:
+        stored = file.get(CONFORMITY_SCORES_DATASET)
+        return None if stored is None else np.asarray(stored, np.float64)
+
+
+def load_class_groups(path):
+    """The species' groups in the model file: {class id: group name}, empty for a file without them."""
+    with h5py.File(path, "r") as file:
+        stored = file.attrs.get(CLASS_GROUPS_ATTRIBUTE)
+    if stored is None:
+        return {}
+    if isinstance(stored, bytes):
+        stored = stored.decode("utf-8")
+    return {int(label): group for label, group in json.loads(stored).items()}
+
+
+def _validated_class_groups(class_groups):
+    """{int class id: str group}, or ValueError naming what is wrong."""
+    if not isinstance(class_groups, collections.abc.Mapping):
+        raise ValueError(f"class_groups must be a mapping of class id to group name; got {class_groups!r}")
+    wrong = [
+        f"{label!r}: {group!r}"
+        for label, group in class_groups.items()
+        if not classification.is_class_id(label) or not isinstance(group, str) or not group
+    ]
+    if wrong:
+        raise ValueError(f"class_groups must map non-negative integer ids to group names (str); got {', '.join(wrong)}")
+    return {int(label): group for label, group in class_groups.items()}
 
 
 def _validated_class_names(class_names):

@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 
 import answers
 import classification
+import conformal
 
 # The charts are drawn at this density: sharp in a browser at 100 % zoom, small files.
 DPI = 100
@@ -50,6 +51,8 @@ THUMBNAIL_SIZE = 160
 THUMBNAIL_QUALITY = 80
 # Top-k accuracy reported beside top-1: the answer is among the model's 5 best guesses.
 TOP_K = 5
+# Set sizes the picture of the prediction sets draws one bar each; larger sets share the last bar.
+SET_SIZES_DRAWN = 5
 # Colours: correct answers (the diagonal) and mistakes (off the diagonal) in two hues, so that the
 # diagonal stands apart at a glance; each runs from white (0 %) to full (100 % of the row).
 CORRECT_COLOURS = "Greens"
@@ -83,6 +86,11 @@ class Summary:
     mistakes: list  # (file, true, predicted, probability), most confident first
     unknown: int  # answers "unknown": below a threshold given to `summarise`
     top1_named: float  # top-1 accuracy of the best guesses, "unknown" answers included
+    # The prediction sets at the threshold given to `summarise`, for every predicted image, "unknown"
+    # answers included (the rule is reported apart): each set's size, and whether it held the truth.
+    set_sizes: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
+    in_set: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
+    coverage: float = 0.0  # share of gt.csv whose set held the truth (not predicted: not held)
 
 
 def evaluate(model, image_dir, expected, class_means=None):
@@ -107,12 +115,13 @@ def evaluate(model, image_dir, expected, class_means=None):
     )
 
 
-def summarise(evaluation, min_confidence=0.0, min_similarity=0.0):
+def summarise(evaluation, min_confidence=0.0, min_similarity=0.0, set_threshold=1.0):
     """The report's figures: accuracy, top-k accuracy, confusion counts, per-class accuracy,
     most-confused pairs and the most confident mistakes. An answer whose best probability is below
     `min_confidence`, or whose cosine to the nearest class mean (where the evaluation has them) is
     below `min_similarity`, is "unknown" and counts as wrong in the accuracies; the confusion matrix, the
-    pairs and the mistakes show the best guesses."""
+    pairs and the mistakes show the best guesses. The prediction sets are those of `set_threshold`
+    (`conformal.prediction_sets`; 1: the most probable species alone)."""
     expected = evaluation.expected
     probabilities = evaluation.probabilities
     classes = max(probabilities.shape[1], max(expected.values(), default=-1) + 1)
@@ -122,6 +131,8 @@ def summarise(evaluation, min_confidence=0.0, min_similarity=0.0):
     in_topk = (ranked == truth[:, None]).any(axis=1)
     unknown = answers.unknown_answers(probabilities, min_confidence, evaluation.similarities, min_similarity)
     right = (predicted == truth) & ~unknown
+    sets = conformal.prediction_sets(probabilities, set_threshold)
+    in_set = sets[np.arange(len(truth)), truth] if len(truth) else np.zeros(0, bool)
 
     confusion = np.zeros((classes, classes), int)
     np.add.at(confusion, (truth, predicted), 1)
@@ -160,10 +171,15 @@ def summarise(evaluation, min_confidence=0.0, min_similarity=0.0):
         per_class=per_class,
         pairs=pairs,
         mistakes=mistakes,
+        set_sizes=sets.sum(axis=1),
+        in_set=in_set,
+        coverage=float(in_set.sum()) / images if images else 0.0,
     )
 
 
-def html_report(evaluation, summary, class_names, image_dir, training_examples=None, title="", mark=None):
+def html_report(
+    evaluation, summary, class_names, image_dir, training_examples=None, title="", mark=None, coverage=None
+):
     """The whole report as one HTML page, pictures embedded.
 
     Args:
@@ -172,6 +188,8 @@ def html_report(evaluation, summary, class_names, image_dir, training_examples=N
         training_examples: None, or {class id: path of a training photo of that class}, shown
             beside the misclassified test photos.
         mark: the assignment's mark for the top-1 accuracy, if known.
+        coverage: the coverage the summary's prediction sets were calibrated for; None (a model without a
+            calibration): no section on them.
     """
     start = time.time()
     training_examples = training_examples or {}
@@ -202,6 +220,19 @@ def html_report(evaluation, summary, class_names, image_dir, training_examples=N
         ),
         _section("Most confident mistakes", _mistakes_html(mistakes, class_names, image_dir, thumbnails)),
     ]
+    if coverage is not None:
+        sets_picture = _picture(set_size_figure(summary.set_sizes, summary.in_set), "Prediction sets by size")
+        sizes = summary.set_sizes if len(summary.set_sizes) else np.zeros(1, int)
+        sections.insert(
+            1,
+            _section(
+                "Prediction sets",
+                f"<p>Each photo's set of species, calibrated to hold the true one for {coverage:.0%} of photos of "
+                f"the model's species: it held it for {summary.coverage:.1%} of these {summary.images} photos, "
+                f"with {np.mean(sizes):.2f} species on average, one species alone for {np.mean(sizes == 1):.1%}. "
+                "Photos answered 'unknown' count with the set they would have had.</p>" + sets_picture,
+            ),
+        )
     if evaluation.missing or evaluation.unreadable:
         listed = "".join(
             f"<li>{html.escape(file)}: no such image file in the folder</li>" for file in evaluation.missing
@@ -255,6 +286,28 @@ def confusion_figure(confusion, class_names):
             fontsize=font_size - 1,
             color="black" if light else "white",
         )
+    return figure
+
+
+def set_size_figure(set_sizes, in_set):
+    """Photos by the size of their prediction set (bars), each bar labelled with how often its sets held the
+    true species: small sets are the sure answers, and should be right about as often as the larger ones."""
+    sizes = np.minimum(np.asarray(set_sizes, int), SET_SIZES_DRAWN)
+    in_set = np.asarray(in_set, bool)
+    figure = Figure(figsize=(6.4, 3.2), dpi=DPI, layout="constrained")
+    axes = figure.add_subplot()
+    positions = np.arange(1, SET_SIZES_DRAWN + 1)
+    counts = np.array([np.sum(sizes == size) for size in positions])
+    axes.bar(positions, counts, color="#4a7ab0")
+    for size, count in zip(positions, counts):
+        if count:
+            held = np.mean(in_set[sizes == size])
+            axes.annotate(f"{held:.0%} held\nthe truth", (size, count), ha="center", va="bottom", fontsize=8)
+    axes.set_xticks(positions, [str(size) for size in positions[:-1]] + [f"{SET_SIZES_DRAWN}+"])
+    axes.set_xlabel("species in the set")
+    axes.set_ylabel("photos")
+    axes.set_ylim(0, max(counts.max(initial=0), 1) * 1.25)
+    axes.spines[["top", "right"]].set_visible(False)
     return figure
 
 
@@ -442,6 +495,9 @@ def _summary_section(evaluation, summary, mark):
         cards.append(("not predicted", str(len(evaluation.missing) + len(evaluation.unreadable))))
     if summary.unknown:
         cards.append(("answered unknown, counted wrong", str(summary.unknown)))
+    if len(summary.set_sizes) and summary.set_sizes.max() > 1:
+        cards.append(("prediction sets held the truth", f"{summary.coverage:.3f}"))
+        cards.append(("species per set", f"{np.mean(summary.set_sizes):.2f}"))
     body = "".join(f"<div class='card'><div class='value'>{value}</div>{label}</div>" for label, value in cards)
     return f"<section class='cards'>{body}</section>"
 

@@ -8,32 +8,43 @@
     CHECKER=1 python run.py DATA_DIR OUTPUT_DIR   the grading system's single test: DATA_DIR/train
                                                   and DATA_DIR/test/images in, OUTPUT_DIR/output.csv out
     python run.py --train TRAIN_DIR MODEL_PATH    full training (fast_train=False) on TRAIN_DIR: gt.csv +
-        [--classes CSV]                           images/ (species names from CSV), or a folder per
-        [--validation IMAGES_DIR GT_CSV]          species (the folder names are the names), or train/ +
-                                                  val/ with a folder per species in each (val/ scored as
-                                                  --validation); saved to MODEL_PATH (.hdf5) with the
-                                                  names and the "unknown" threshold; the training curves
-                                                  (train, and validation on images kept apart if given)
-                                                  go to MODEL_PATH's name + _training.png
-    python run.py --predict [IMAGE_OR_DIR ...]    the --top-k (default 3) species of each image, with
-        [--top-k K] [--output CSV]                their probabilities, as a table and in CSV, "unknown"
-        [--model PATH] [--classes CSV]            below the confidence P (default: the model's); with
-        [--min-confidence P] [--min-similarity S] no image given, the sample photos in samples/; also
-                                                  "unknown" where the photo's features are unlike every
-                                                  species' mean (cosine below S, default: the model's)
+        [--classes CSV] [--groups CSV]            images/ (species names from CSV), or a folder per
+        [--validation IMAGES_DIR GT_CSV]          species (the folder names are the names), or groups of
+        [--calibrate]                             species folders, or train/ + val/ with a folder per
+                                                  species in each (val/ scored as --validation); saved to
+                                                  MODEL_PATH (.hdf5) with the names, the "unknown"
+                                                  threshold and the groups (--groups name,group CSV, or the
+                                                  group folders); with --calibrate, the prediction sets'
+                                                  calibration too (3 more trainings on 2/3 of the photos);
+                                                  the training curves (train, and validation on images kept
+                                                  apart if given) go to MODEL_PATH's name + _training.png
+    python run.py --calibrate TRAIN_DIR           calibrate the prediction sets of the --model file (its
+        [--model PATH] [--groups CSV]             weights untouched) on its training photos, and write
+                                                  the groups
+    python run.py --predict [IMAGE_OR_DIR ...]    the answer for each image in words ("unknown", a
+        [--top-k K] [--output CSV]                species, "GROUP: A or B", "not sure: A, B or C": the set
+        [--model PATH] [--classes CSV]            that holds the true species with probability --coverage,
+        [--min-confidence P] [--min-similarity S] default 0.95), and the --top-k (default 3) species with
+        [--coverage C]                            their probabilities, as a table and in CSV; "unknown"
+                                                  below the confidence P (default: the model's), or where
+                                                  the photo's features are unlike every species' mean
+                                                  (cosine below S, default: the model's); with no image
+                                                  given, the sample photos in samples/
     python run.py --report TESTS_DIR              an HTML evaluation report (--output, default
     python run.py --report SPECIES_DIR            report.html; report_NN.html for each of several
     python run.py --report IMAGES_DIR --gt GT_CSV NN_input folders): accuracy, per-species accuracy,
         [--train-dir TRAIN_DIR] [--classes CSV]   the confusion matrix, the most confused pairs and
-        [--model PATH] [--output HTML]            the most confident mistakes, with photos; a folder
-        [--min-confidence P] [--min-similarity S] per species is matched to the model's species by name
+        [--model PATH] [--output HTML]            the most confident mistakes, with photos, how often the
+        [--min-confidence P] [--min-similarity S] prediction sets held the truth; a folder per species is
+        [--coverage C]                            matched to the model's species by name
     python run.py --export OUT [--model PATH]     the model as LiteRT (OUT ending .tflite; 8-bit with
         [--int8 IMAGES_DIR]                       --int8, calibrated on photos in IMAGES_DIR) or ONNX
-                                                  (.onnx), with OUT.labels.txt (the names) and
-                                                  OUT.unknown.json (the thresholds) beside it
-    python run.py --serve [--port 7860]           a local web page: drop photos, see the top-5 species
-        [--host 127.0.0.1] [--model PATH]         ("unknown" where the model is not confident), and with
-        [--train-dir TRAIN_DIR]                   --train-dir a training photo of each
+                                                  (.onnx), with OUT.labels.txt (the names),
+                                                  OUT.unknown.json (the thresholds) and OUT.sets.json
+                                                  (the sets' threshold for --coverage, the groups) beside it
+    python run.py --serve [--port 7860]           a local web page: drop photos, see the answer in words
+        [--host 127.0.0.1] [--model PATH]         and the top-5 species ("unknown" where the model is not
+        [--train-dir TRAIN_DIR] [--coverage C]    confident), and with --train-dir a training photo of each
 
 Species names come from --classes (a class_id,name CSV), else from a classes.csv at the top of a
 TESTS_DIR, else from the model file; an id with no name is shown as "class N".
@@ -56,6 +67,7 @@ import numpy as np  # noqa: E402
 
 import answers  # noqa: E402
 import classification  # noqa: E402
+import conformal  # noqa: E402
 import datasets  # noqa: E402
 import export  # noqa: E402
 import model_file  # noqa: E402
@@ -88,10 +100,16 @@ OPTION_MODES = {
     "host": ("serve",),
     "min_confidence": ("predict", "report", "serve"),
     "min_similarity": ("predict", "report", "serve"),
+    "coverage": ("predict", "report", "serve", "export"),
+    "groups": ("train", "calibrate"),
 }
 
-# The thresholds of the "unknown" answer, in the order `answers.predict` takes them after the names.
-UnknownRule = collections.namedtuple("UnknownRule", ["min_confidence", "class_means", "min_similarity"])
+# How a photo is answered, in the order `answers.predict` takes it after the names: the thresholds of the
+# "unknown" answer, then the coverage of the prediction sets, their calibration and the species' groups.
+AnswerRule = collections.namedtuple(
+    "AnswerRule",
+    ["min_confidence", "class_means", "min_similarity", "coverage", "conformity_scores", "class_groups"],
+)
 
 
 class HarnessError(ValueError):
@@ -108,6 +126,24 @@ def main(argv=None):
     )
     modes.add_argument("--export", action="store_true", help="the model as .tflite or .onnx: OUT")
     modes.add_argument("--serve", action="store_true", help="a local web page that labels photos")
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="with --train: calibrate the prediction sets too (trains 3 fold models: about twice the training's "
+        "time); alone: --calibrate TRAIN_DIR calibrates the --model file, the model's own training photos",
+    )
+    parser.add_argument(
+        "--groups",
+        metavar="CSV",
+        help="--train, --calibrate: the species' groups (a CSV with header name,group), saved in the model file",
+    )
+    parser.add_argument(
+        "--coverage",
+        type=float,
+        metavar="C",
+        help="--predict, --report, --serve, --export: how often the set of species answered should hold the "
+        f"true one, between 0 and 1 (default {conformal.DEFAULT_COVERAGE})",
+    )
     parser.add_argument(
         "--output",
         metavar="PATH",
@@ -159,19 +195,33 @@ def main(argv=None):
     )
     parser.add_argument("paths", nargs="*", metavar="PATH")
     args = parser.parse_args(argv)
-    mode = next((name for name in MODES if getattr(args, name)), None)
+    mode = next((name for name in MODES if getattr(args, name)), "calibrate" if args.calibrate else None)
+    if args.calibrate and mode not in ("train", "calibrate"):
+        parser.error("--calibrate goes with --train, or alone: --calibrate TRAIN_DIR [--model PATH]")
     for option, option_modes in OPTION_MODES.items():
         if getattr(args, option) is not None and mode not in option_modes:
             parser.error(f"--{option.replace('_', '-')} goes with {' or '.join('--' + name for name in option_modes)}")
     try:
         if args.train:
             train_dir, model_path = _exactly(args.paths, 2, "--train TRAIN_DIR MODEL_PATH")
-            train_and_save(train_dir, model_path, args.classes, args.validation)
+            train_and_save(
+                train_dir, model_path, args.classes, args.validation, calibrate=args.calibrate, groups_path=args.groups
+            )
+        elif args.calibrate:
+            (train_dir,) = _exactly(args.paths, 1, "--calibrate TRAIN_DIR (the model's training photos)")
+            calibrate_model(train_dir, args.model, args.classes, args.groups)
         elif args.predict:
             images = args.paths or [os.path.relpath(SAMPLES_DIR)]
             top_k = DEFAULT_TOP_K if args.top_k is None else args.top_k
             predict_files(
-                images, args.model, top_k, args.output, args.classes, args.min_confidence, args.min_similarity
+                images,
+                args.model,
+                top_k,
+                args.output,
+                args.classes,
+                args.min_confidence,
+                args.min_similarity,
+                args.coverage,
             )
         elif args.report:
             (test_dir,) = _exactly(
@@ -179,16 +229,19 @@ def main(argv=None):
             )
             output = args.output or "report.html"
             thresholds = (args.min_confidence, args.min_similarity)
-            write_report(test_dir, args.gt, args.train_dir, args.classes, args.model, output, *thresholds)
+            write_report(
+                test_dir, args.gt, args.train_dir, args.classes, args.model, output, *thresholds, args.coverage
+            )
         elif args.export:
             (out_path,) = _exactly(args.paths, 1, "--export OUT (a .tflite or .onnx file)")
-            export_model(args.model, out_path, args.int8)
+            export_model(args.model, out_path, args.int8, coverage=args.coverage)
         elif args.serve:
             if args.paths:
                 raise HarnessError(f"--serve takes no paths; got {' '.join(args.paths)}")
             port = serve.PORT if args.port is None else args.port
             host = serve.HOST if args.host is None else args.host
-            serve_page(args.model, args.train_dir, port, host, args.classes, args.min_confidence, args.min_similarity)
+            thresholds = (args.min_confidence, args.min_similarity, args.coverage)
+            serve_page(args.model, args.train_dir, port, host, args.classes, *thresholds)
         elif os.environ.get("CHECKER"):
             data_dir, output_dir = _exactly(args.paths, 2, "DATA_DIR OUTPUT_DIR")
             run_single_test(data_dir, output_dir)
@@ -202,10 +255,20 @@ def main(argv=None):
     return 0
 
 
-def train_and_save(train_dir, model_path, classes_path=None, validation=None, recipe=classification.RECIPE):
+def train_and_save(
+    train_dir,
+    model_path,
+    classes_path=None,
+    validation=None,
+    recipe=classification.RECIPE,
+    calibrate=False,
+    groups_path=None,
+):
     """The command that made birds_model.hdf5: train with the full recipe on a training folder in any
-    layout of `datasets.training_data`, save the model with its species names and its "unknown"
-    threshold, and the training curves beside it. (Tests pass a smaller `recipe`.)"""
+    layout of `datasets.training_data`, save the model with its species names, its "unknown" threshold and
+    the species' groups (`groups_path`, or the layout's group folders), with `calibrate` the calibration of
+    its prediction sets (`calibrate_model`), and the training curves beside it. (Tests pass a smaller
+    `recipe`.)"""
     try:
         model_file.check_model_path(model_path)
     except ValueError as error:
@@ -219,6 +282,7 @@ def train_and_save(train_dir, model_path, classes_path=None, validation=None, re
         raise HarnessError(f"{train_dir!r} holds its own {datasets.VALIDATION_FOLDER}/ folder: leave out --validation")
     if not data.class_names:
         print("No --classes CSV given: the model will name its species 'class N'.")
+    class_groups = _class_groups(groups_path, data.class_groups, data.class_names)
     validation_set = data.validation
     if validation:
         images_dir, gt_path = validation
@@ -229,6 +293,7 @@ def train_and_save(train_dir, model_path, classes_path=None, validation=None, re
     print(f"Trained in {time.time() - start:.0f} s")
     print("The mean features of each species, for the 'unknown' answer:")
     means = answers.class_means(model, data.gt, data.image_dir)
+    scores = _conformity_scores(data, recipe) if calibrate else None
     model_file.save_model(
         model,
         model_path,
@@ -236,21 +301,78 @@ def train_and_save(train_dir, model_path, classes_path=None, validation=None, re
         answers.DEFAULT_MIN_CONFIDENCE,
         means,
         answers.DEFAULT_MIN_SIMILARITY,
+        scores,
+        class_groups,
     )
     curves_path = os.path.splitext(model_path)[0] + "_training.png"
     report.training_curves(history).savefig(curves_path)
     print(f"Saved {model_path} and {curves_path}")
 
 
+def calibrate_model(train_dir, model_path, classes_path=None, groups_path=None, recipe=classification.RECIPE):
+    """Calibrate the prediction sets of the model file at `model_path` on its training folder (any layout
+    of `datasets.training_data`), and write the species' groups: `conformal.FOLDS` models are trained with
+    `recipe` on parts of the photos, each scoring the photos it did not see; the model's own weights are not
+    touched. (Tests pass a smaller `recipe`.)"""
+    if not os.path.isfile(model_path):
+        raise HarnessError(f"model file not found: {model_path!r} (calibrate a model that run.py --train saved)")
+    # Checked before the fold models' training, which a file that cannot be written would lose.
+    if not os.access(model_path, os.W_OK):
+        raise HarnessError(f"cannot write the calibration into {model_path!r}: the file is not writable")
+    data = datasets.training_data(train_dir, classes_path)
+    class_names = data.class_names or model_file.load_class_names(model_path)
+    class_groups = _class_groups(groups_path, data.class_groups, class_names)
+    species = load_model(model_path).output_shape[-1]
+    found = max(data.gt.values()) + 1
+    if found != species:
+        raise HarnessError(
+            f"{train_dir!r} holds photos of {found} species, {model_path!r} tells {species} apart: "
+            "calibrate a model on its own training photos"
+        )
+    scores = _conformity_scores(data, recipe)
+    model_file.write_answers(model_path, scores, class_groups or None)
+    print(f"Wrote the calibration ({len(scores)} photos){' and the groups' if class_groups else ''} into {model_path}")
+
+
+def _conformity_scores(data, recipe):
+    """The conformity scores of a training set's photos, from `conformal.FOLDS` models trained on the rest."""
+    start = time.time()
+    print(f"Calibrating the prediction sets: {conformal.FOLDS} models, each trained on the photos the others score")
+    _, labels, probabilities = conformal.out_of_fold_probabilities(data.gt, data.image_dir, recipe)
+    scores = conformal.conformity_scores(probabilities, labels)
+    threshold = conformal.probability_threshold(scores, conformal.DEFAULT_COVERAGE)
+    print(
+        f"Calibrated in {time.time() - start:.0f} s: at coverage {conformal.DEFAULT_COVERAGE}, the set holds "
+        f"every species of probability {threshold:.1%} or more"
+    )
+    return scores
+
+
+def _class_groups(groups_path, layout_groups, class_names):
+    """{class id: group}: from the --groups CSV, matched to `class_names` by name, else the layout's groups."""
+    if not groups_path:
+        return layout_groups
+    if not class_names:
+        raise HarnessError(f"--groups {groups_path} names species, but the model has no species names: give --classes")
+    return datasets.read_groups(groups_path, class_names)
+
+
 def predict_files(
-    images, model_path, top_k, output_path=None, classes_path=None, min_confidence=None, min_similarity=None
+    images,
+    model_path,
+    top_k,
+    output_path=None,
+    classes_path=None,
+    min_confidence=None,
+    min_similarity=None,
+    coverage=None,
 ):
-    """Label image files and folders with the top-k species, "unknown" below `min_confidence` or
-    `min_similarity` (default: the model file's thresholds, `_unknown_rule`); print a table, write a CSV
-    if asked."""
+    """Label image files and folders: "unknown" below `min_confidence` or `min_similarity` (default: the
+    model file's thresholds), else the prediction set of `coverage` in words (`answer_rule`);
+    and the top-k species. Print a table, write a CSV if asked."""
     if top_k < 1:
         raise HarnessError(f"--top-k must be at least 1; got {top_k}")
-    rule = _unknown_rule(min_confidence, min_similarity, model_path)
+    rule = answer_rule(min_confidence, min_similarity, model_path, coverage)
     model = load_model(model_path)
     class_names = _class_names(classes_path, model_path)
     top_k = min(top_k, model.output_shape[-1])
@@ -268,6 +390,7 @@ def predict_files(
     unknown = sum(said.unknown for said in predictions.values())
     if unknown:
         print(f"{unknown} of {len(predictions)} answered unknown: {_unknown_reason(rule)}")
+    print(_set_reason(rule))
     if output_path:
         write_predictions(output_path, predictions)
         print(f"Wrote {len(predictions)} rows to {output_path}")
@@ -275,26 +398,25 @@ def predict_files(
 
 
 def format_predictions(predictions):
-    """A plain-text table: one row per image, each answer as a name and a right-aligned percentage."""
+    """A plain-text table: one row per image, the answer in words (`answers.Answers`), then each of the top-k
+    guesses as a name and a right-aligned percentage."""
     if not predictions:
         return "No image to label."
     top_k = max(len(said) for said in predictions.values())
-    unknown = any(said.unknown for said in predictions.values())
-    # An answer column ("unknown" or the species) only where some answer is unknown: a usual table stays as it was.
-    header = ["image"] + (["answer", ""] if unknown else [])
+    header = ["image", "answer"]
     for rank in range(1, top_k + 1):
-        header += [f"answer {rank}" if not unknown else f"guess {rank}", ""]
+        header += [f"guess {rank}", ""]
     rows = [header]
     for path, said in predictions.items():
-        row = [path] + (["unknown" if said.unknown else said[0].name, ""] if unknown else [])
+        row = [path, str(said)]
         for answer in said:
             row += [answer.name, f"{answer.probability:.1%}"]
         rows.append(row + [""] * (len(header) - len(row)))
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    # Names are left-aligned, percentages (every other column after the image) right-aligned.
+    # Names are left-aligned, percentages (every other column after the answer) right-aligned.
     return "\n".join(
         "  ".join(
-            cell.rjust(width) if column % 2 == 0 and column else cell.ljust(width)
+            cell.rjust(width) if column % 2 == 1 and column > 1 else cell.ljust(width)
             for column, (cell, width) in enumerate(zip(row, widths))
         ).rstrip()
         for row in rows
@@ -303,12 +425,14 @@ def format_predictions(predictions):
 
 def write_predictions(path, predictions):
     """CSV: filename, then class_id, name, probability of each answer, best first, then unknown: 1 where
-    the answer is "unknown" (the answers are then the best guesses), else 0."""
+    the answer is "unknown" (the answers are then the best guesses), else 0; then set: the names of the
+    prediction set's species, most probable first, joined by ";"; and group: the group the whole set
+    shares, else empty."""
     top_k = max((len(said) for said in predictions.values()), default=1)
     header = ["filename", "class_id", "name", "probability"]
     for rank in range(2, top_k + 1):
         header += [f"class_id_{rank}", f"name_{rank}", f"probability_{rank}"]
-    header.append("unknown")
+    header += ["unknown", "set", "group"]
     try:
         with open(path, "w", newline="", encoding="utf-8") as file:
             writer = csv.writer(file)
@@ -317,8 +441,9 @@ def write_predictions(path, predictions):
                 row = [image]
                 for answer in said:
                     row += [answer.class_id, answer.name, f"{answer.probability:.6f}"]
-                row += [""] * (len(header) - 1 - len(row))
-                writer.writerow(row + [int(said.unknown)])
+                row += [""] * (len(header) - 3 - len(row))
+                species_set = ";".join(answer.name for answer in said.species_set)
+                writer.writerow(row + [int(said.unknown), species_set, said.group or ""])
     except OSError as error:
         raise HarnessError(f"cannot write {path!r} ({error.strerror})")
 
@@ -332,13 +457,16 @@ def write_report(
     output_path="report.html",
     min_confidence=None,
     min_similarity=None,
+    coverage=None,
 ):
     """HTML evaluation reports of the model, each from one pass of predictions: one for an image
     folder with `gt_path` or a folder per species, or one per NN_input folder of a tests folder (named
     OUTPUT_NN.html when there are several). Answers below `min_confidence` or `min_similarity` (default:
-    the model file's thresholds, `_unknown_rule`) are "unknown" and count as wrong. Returns {report path:
+    the model file's thresholds, `answer_rule`) are "unknown" and count as wrong; the prediction sets are
+    those of `coverage` (where the model file holds a calibration). Returns {report path:
     report.Summary}."""
-    rule = _unknown_rule(min_confidence, min_similarity, model_path)
+    rule = answer_rule(min_confidence, min_similarity, model_path, coverage)
+    threshold = _set_threshold(rule)
     model = load_model(model_path)
     names = _class_names(classes_path, model_path)
     test_sets = datasets.test_sets(test_dir, gt_path, train_dir, names)
@@ -353,9 +481,12 @@ def write_report(
         examples = datasets.training_examples(test.train_dir) if test.train_dir else None
         _say_passed_over(datasets.passed_over_files(test.image_dir, test.expected), test.image_dir)
         evaluation = report.evaluate(model, test.image_dir, test.expected, rule.class_means)
-        summary = report.summarise(evaluation, rule.min_confidence, rule.min_similarity)
+        summary = report.summarise(evaluation, rule.min_confidence, rule.min_similarity, threshold)
         title = f"{os.path.basename(model_path)} on {os.path.normpath(test.image_dir)}"
-        page = report.html_report(evaluation, summary, class_names, test.image_dir, examples, title, mark(summary.top1))
+        calibrated = None if rule.conformity_scores is None else rule.coverage
+        page = report.html_report(
+            evaluation, summary, class_names, test.image_dir, examples, title, mark(summary.top1), calibrated
+        )
         try:
             with open(path, "w", encoding="utf-8") as file:
                 file.write(page)
@@ -370,17 +501,25 @@ def write_report(
                 f"{summary.unknown} answered unknown ({_unknown_reason(rule)}), counted as "
                 f"wrong; naming a species for every image, top-1 accuracy would be {summary.top1_named:.4f}"
             )
+        if calibrated is not None:
+            print(
+                f"prediction sets (coverage {rule.coverage}): held the truth for {summary.coverage:.4f}, "
+                f"{np.mean(summary.set_sizes):.2f} species on average, "
+                f"one alone for {np.mean(summary.set_sizes == 1):.1%}"
+            )
         print(f"Wrote {path} in {time.time() - start:.1f} s (predictions {evaluation.seconds:.1f} s)")
         summaries[path] = summary
     return summaries
 
 
-def export_model(model_path, out_path, int8_images=None, max_quantization_steps=export.MAX_QUANTIZATION_STEPS):
-    """Export the model file at `model_path` with its names and "unknown" rule (`export.export`); print
-    what was written. (Studies pass another `max_quantization_steps`.)"""
+def export_model(
+    model_path, out_path, int8_images=None, max_quantization_steps=export.MAX_QUANTIZATION_STEPS, coverage=None
+):
+    """Export the model file at `model_path` with its names, "unknown" rule and prediction sets of `coverage`
+    (`export.export`); print what was written. (Studies pass another `max_quantization_steps`.)"""
     export.check_request(out_path, int8_images)
     model = load_model(model_path)
-    rule = _unknown_rule(None, None, model_path)
+    rule = answer_rule(None, None, model_path, coverage)
     start = time.time()
     print(f"Exporting {model_path} to {out_path} ...")
     written = export.export(
@@ -392,6 +531,8 @@ def export_model(model_path, out_path, int8_images=None, max_quantization_steps=
         rule.min_similarity,
         int8_images,
         max_quantization_steps,
+        (rule.coverage, _set_threshold(rule)) if rule.conformity_scores is not None else None,
+        rule.class_groups,
     )
     for path in written:
         print(f"Wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)" if path == out_path else f"Wrote {path}")
@@ -408,11 +549,12 @@ def serve_page(
     classes_path=None,
     min_confidence=None,
     min_similarity=None,
+    coverage=None,
 ):
     """Serve the page of serve.py with the model file at `model_path`, its names and "unknown" rule
-    (`_unknown_rule`), and a training photo of each species from `train_dir` where given."""
+    and prediction sets (`answer_rule`), and a training photo of each species from `train_dir` where given."""
     serve.check_gradio()
-    rule = _unknown_rule(min_confidence, min_similarity, model_path)
+    rule = answer_rule(min_confidence, min_similarity, model_path, coverage)
     model = load_model(model_path)
     names = _class_names(classes_path, model_path)
     examples = datasets.training_examples(train_dir) if train_dir else {}
@@ -421,7 +563,7 @@ def serve_page(
     labeller([os.path.join(SAMPLES_DIR, name) for name in classification.image_files(SAMPLES_DIR)[:1]])
     description = (
         f"{os.path.basename(model_path)}: {model.output_shape[-1]} species; "
-        f'"unknown" where {_unknown_reason(rule)}.'
+        f'"unknown" where {_unknown_reason(rule)}. {_set_reason(rule)}'
     )
     serve.serve(labeller, port, host, description)
 
@@ -504,10 +646,12 @@ def _class_names(classes_path, model_path):
     return datasets.read_classes(classes_path) if classes_path else model_file.load_class_names(model_path)
 
 
-def _unknown_rule(min_confidence, min_similarity, model_path):
-    """The thresholds of the "unknown" answer, as `answers.predict` takes them: --min-confidence
-    and --min-similarity where given (checked to be 0-1), else the model file's; --min-confidence 0 alone
-    turns "unknown" off. The class means come from the model file, where the cosine test is on."""
+def answer_rule(min_confidence, min_similarity, model_path, coverage=None):
+    """How photos are answered, as `answers.predict` takes it: the thresholds of the "unknown" answer,
+    --min-confidence and --min-similarity where given (checked to be 0-1), else the model file's
+    (--min-confidence 0 alone turns "unknown" off; the class means come from the model file, where the
+    cosine test is on); the prediction sets' --coverage (default conformal.DEFAULT_COVERAGE, checked to be
+    between 0 and 1), with the model file's calibration and groups."""
     saved = os.path.isfile(model_path)
     if min_confidence is None:
         min_confidence = model_file.load_min_confidence(model_path) if saved else 0.0
@@ -529,7 +673,32 @@ def _unknown_rule(min_confidence, min_similarity, model_path):
             f"--min-similarity needs the species' mean features, which {model_path!r} lacks "
             f"(run.py --train saves them); give --min-similarity 0"
         )
-    return UnknownRule(min_confidence, class_means, min_similarity)
+    coverage = conformal.DEFAULT_COVERAGE if coverage is None else coverage
+    try:
+        conformal.check_coverage(coverage)
+    except ValueError as error:
+        raise HarnessError(f"--coverage must be between 0 and 1, exclusive (e.g. 0.95); got {coverage}") from error
+    conformity_scores = model_file.load_conformity_scores(model_path) if saved else None
+    class_groups = model_file.load_class_groups(model_path) if saved else {}
+    return AnswerRule(min_confidence, class_means, min_similarity, coverage, conformity_scores, class_groups)
+
+
+def _set_threshold(rule):
+    """The smallest probability that puts a species in the set under `rule`; 1 (the most probable species
+    alone) for a model file without a calibration."""
+    if rule.conformity_scores is None:
+        return 1.0
+    return conformal.probability_threshold(rule.conformity_scores, rule.coverage)
+
+
+def _set_reason(rule):
+    """What the prediction sets under `rule` are, for a line on screen."""
+    if rule.conformity_scores is None:
+        return "The model file holds no calibration (run.py --calibrate): one species per photo, the most probable."
+    return (
+        f"Each set holds the true species for {rule.coverage:.0%} of photos of these species: every species "
+        f"of probability {_set_threshold(rule):.1%} or more."
+    )
 
 
 def _unknown_reason(rule):

@@ -58,14 +58,15 @@ class Labeller:
     with photo paths, it gives the page's HTML and the answers as data."""
 
     def __init__(self, model, class_names, rule, examples=None):
-        """`rule`: (min_confidence, class_means, min_similarity), as `answers.predict` takes them;
-        `examples`: {class id: path of a training photo}."""
+        """`rule`: (min_confidence, class_means, min_similarity, coverage, conformity_scores, class_groups),
+        as `answers.predict` takes them; `examples`: {class id: path of a training photo}."""
         self.model, self.class_names, self.rule = model, class_names, rule
         self.examples = examples or {}
         self._thumbnails = {}
 
     def __call__(self, paths):
-        """(HTML of one card per photo, [{"file", "answer", "unknown", "top": [...]} per labelled photo])."""
+        """(HTML of one card per photo, [{"file", "answer", "unknown", "set", "group", "top": [...]} per
+        labelled photo]): "answer" in words, "set" the names of the prediction set's species."""
         paths = [os.fspath(path) for path in paths or []]
         if not paths:
             return "<p>Drop photos of birds above, or click to pick them.</p>", []
@@ -81,9 +82,10 @@ class Labeller:
                 cards.append(self._problem_card(name, path, problems))
                 continue
             found = found_answers[path]
-            answer = "unknown" if found.unknown else found[0].name
             top = [{"name": item.name, "class_id": item.class_id, "probability": item.probability} for item in found]
-            data.append({"file": name, "answer": answer, "unknown": found.unknown, "top": top})
+            species_set = [item.name for item in found.species_set]
+            said = {"file": name, "answer": str(found), "unknown": found.unknown, "set": species_set}
+            data.append(dict(said, group=found.group, top=top))
             cards.append(self._card(name, path, found))
         timing = f"<p class='note'>{len(paths)} photo(s) in {time.time() - start:.2f} s.</p>"
         return "".join(cards) + timing, data
@@ -94,8 +96,10 @@ class Labeller:
                 f"<p class='bird-answer unknown'>Unknown: none of the {len(found)} best guesses is likely "
                 "enough; maybe a species this model does not know.</p>"
             )
-        else:
+        elif len(found.species_set) == 1:
             headline = f"<p class='bird-answer'>{html.escape(found[0].name)} &middot; {found[0].probability:.1%}</p>"
+        else:
+            headline = f"<p class='bird-answer'>{html.escape(_sentence(found))}</p>"
         rows = "".join(
             f"<tr><td>{self._example(item.class_id)}</td><td class='bird-name'>{html.escape(item.name)}</td>"
             f"<td class='bird-bar-cell'><span class='bird-bar' style='width:{_bar_width(item.probability)}px'>"
@@ -126,6 +130,12 @@ class Labeller:
         if path not in self._thumbnails:
             self._thumbnails[path] = _thumbnail(path)
         return f"<img src='{self._thumbnails[path]}' alt='a training photo'>"
+
+
+def _sentence(found):
+    """The answer for a set of several species, as a sentence: its group where the set shares one."""
+    names = answers.listed([item.name for item in found.species_set])
+    return f"One of the {found.group}: {names}." if found.group else f"Not sure: {names}."
 
 
 def check_gradio():

@@ -23,6 +23,8 @@ def pixels(path, size):
 model_path, photos = sys.argv[1], sys.argv[2:]
 names = open(model_path + ".labels.txt", encoding="utf-8").read().splitlines()
 rule = json.load(open(model_path + ".unknown.json")) if os.path.exists(model_path + ".unknown.json") else {}
+# The prediction set: every species at least this probable (the calibration's, for its coverage), and the groups.
+sets = json.load(open(model_path + ".sets.json")) if os.path.exists(model_path + ".sets.json") else {}
 session = onnxruntime.InferenceSession(model_path, providers=["CPUExecutionProvider"])
 given = session.get_inputs()[0]
 output_names = [output.name for output in session.get_outputs()]
@@ -32,5 +34,14 @@ for photo in photos:
     probabilities, best = result["probabilities"][0], int(np.argmax(result["probabilities"][0]))
     unknown = probabilities[best] < rule.get("min_confidence", 0)
     unknown |= "similarity" in result and result["similarity"][0, 0] < rule.get("min_similarity", 0)
-    answer = f"unknown (best guess {names[best]})" if unknown else names[best]
-    print(f"{photo}: {answer}, {probabilities[best]:.1%}")
+    ranked = np.argsort(-probabilities, kind="stable")
+    members = [int(label) for label in ranked if probabilities[label] >= sets.get("min_probability", 1)] or [best]
+    groups = {sets["groups"][label] for label in members} if "groups" in sets else {""}
+    listed = " or ".join(f"{names[label]} {probabilities[label]:.1%}" for label in members)
+    if unknown:
+        answer = f"unknown (best guess {names[best]} {probabilities[best]:.1%})"
+    elif len(members) == 1:
+        answer = listed
+    else:
+        answer = f"{groups.pop()}: {listed}" if len(groups) == 1 and "" not in groups else f"not sure: {listed}"
+    print(f"{photo}: {answer}")

@@ -168,13 +168,7 @@ def main():
     answer_scores = {group: [] for group in ANSWER_GROUPS}
     with open(os.path.join(args.out_dir, "study.jsonl"), "a") as log:
         for split in splits:
-            rng = np.random.default_rng([SPLIT_SEED, split])
-            unknown = sorted(int(label) for label in rng.permutation(SPECIES)[:UNKNOWN_SPECIES])
-            known = [label for label in range(SPECIES) if label not in unknown]
-            new_id = {label: index for index, label in enumerate(known)}
-            fit_gt, held_out_gt = _held_out(
-                {name: new_id[label] for name, label in train_gt.items() if label in new_id}, rng
-            )
+            unknown, known, new_id, fit_gt, held_out_gt = split_species(split, train_gt)
             model_path = os.path.join(models_dir, f"split{split}{model_suffix}.hdf5")
             start = time.time()
             if args.rescore:
@@ -229,6 +223,17 @@ def main():
 
     _print_tables(results)
     _draw_answers(answer_scores, os.path.join(args.out_dir, "answered_unknown.png"))
+
+
+def split_species(split, train_gt):
+    """Split number `split`: (the species set aside, the known ones, {known id: id among the known}, the
+    known species' training part and held-out part, relabelled), drawn with SPLIT_SEED."""
+    rng = np.random.default_rng([SPLIT_SEED, split])
+    unknown = sorted(int(label) for label in rng.permutation(SPECIES)[:UNKNOWN_SPECIES])
+    known = [label for label in range(SPECIES) if label not in unknown]
+    new_id = {label: index for index, label in enumerate(known)}
+    fit_gt, held_out_gt = _held_out({name: new_id[label] for name, label in train_gt.items() if label in new_id}, rng)
+    return unknown, known, new_id, fit_gt, held_out_gt
 
 
 class _Scorer:

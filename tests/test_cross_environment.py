@@ -1,4 +1,5 @@
-"""A model saved in one supported environment opens in every other with the same probabilities.
+"""A model saved in one supported environment opens in every other with the same probabilities, names,
+calibration and groups.
 
 Active when CROSS_ENVIRONMENT_DIR names a folder that the environments share (`.ci/run` sets it):
 the first test, run in each environment, trains a model there with fast_train=True and saves it
@@ -27,6 +28,9 @@ COMMITTED_MODEL = os.path.join(PROJECT_DIR, "birds_model.hdf5")
 ENVIRONMENT = f"keras-{keras.__version__}-{keras.backend.backend()}"
 # Species names saved with each model, read back in every environment; one is not ASCII.
 CLASS_NAMES = {0: "Black_footed_Albatross", 1: "Rüppell's Warbler", 2: "Horned_Lark"}
+# The calibration of the prediction sets and the species' groups, saved with each model and read back.
+CONFORMITY_SCORES = np.linspace(0.05, 0.95, 12)
+CLASS_GROUPS = {0: "Albatrosses", 1: "Old World Warblers", 2: "Larks"}
 
 
 def _pixels():
@@ -60,7 +64,12 @@ def test_save_a_trained_model_for_the_other_environments(train_set):
     model = classification.train_classifier(train_gt, folder, fast_train=True)
     probabilities = model.predict(_pixels(), verbose=0)
     _write_whole(f"{ENVIRONMENT}.npy", lambda path: np.save(path, probabilities))
-    _write_whole(f"{ENVIRONMENT}.hdf5", lambda path: model_file.save_model(model, path, CLASS_NAMES))
+    _write_whole(
+        f"{ENVIRONMENT}.hdf5",
+        lambda path: model_file.save_model(
+            model, path, CLASS_NAMES, conformity_scores=CONFORMITY_SCORES, class_groups=CLASS_GROUPS
+        ),
+    )
     committed = keras.models.load_model(COMMITTED_MODEL).predict(_pixels(), verbose=0)
     _write_whole(f"committed-{ENVIRONMENT}.npy", lambda path: np.save(path, committed))
 
@@ -75,7 +84,10 @@ def test_every_environment_opens_every_saved_model_with_the_same_probabilities()
             difference = np.abs(probabilities - expected).max()
             where = f"{ENVIRONMENT} with {loader_name} on {os.path.basename(path)}"
             assert difference <= TOLERANCE, f"{where}: {difference}"
-        assert model_file.load_class_names(path) == CLASS_NAMES, f"{ENVIRONMENT} on {os.path.basename(path)}"
+        where = f"{ENVIRONMENT} on {os.path.basename(path)}"
+        assert model_file.load_class_names(path) == CLASS_NAMES, where
+        np.testing.assert_array_equal(model_file.load_conformity_scores(path), CONFORMITY_SCORES, err_msg=where)
+        assert model_file.load_class_groups(path) == CLASS_GROUPS, where
     committed = keras.models.load_model(COMMITTED_MODEL).predict(_pixels(), verbose=0)
     for path in sorted(glob.glob(os.path.join(CROSS_DIR, "committed-*.npy"))):
         difference = np.abs(committed - np.load(path)).max()

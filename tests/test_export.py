@@ -189,9 +189,15 @@ def test_the_examples_label_the_samples_as_predict_does_without_keras(exported_b
         [EXAMPLES_PYTHON, script, exported_birds_model[index], *paths], capture_output=True, text=True, check=True
     )
     printed = dict(line.split(": ", 1) for line in done.stdout.splitlines())
-    rule = run._unknown_rule(None, None, run.MODEL_PATH)
+    rule = run.answer_rule(None, None, run.MODEL_PATH)
     model = run.load_model(run.MODEL_PATH)
     predictions = answers.predict(model, paths, 1, model_file.load_class_names(run.MODEL_PATH), *rule)
     for path, found in predictions.items():
-        answer = f"unknown (best guess {found[0].name})" if found.unknown else found[0].name
-        assert printed[path] == f"{answer}, {found[0].probability:.1%}"
+        listed = " or ".join(f"{item.name} {item.probability:.1%}" for item in found.species_set)
+        if found.unknown:
+            answer = f"unknown (best guess {found[0].name} {found[0].probability:.1%})"
+        elif len(found.species_set) == 1:
+            answer = listed
+        else:
+            answer = f"{found.group}: {listed}" if found.group else f"not sure: {listed}"
+        assert printed[path] == answer

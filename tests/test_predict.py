@@ -131,6 +131,8 @@ def test_predict_command_writes_the_csv_asked_for_and_nothing_else(named_model_p
         "name_2",
         "probability_2",
         "unknown",
+        "set",
+        "group",
     ]
     assert len(rows) == 1 + 5 + 1
     model = keras.models.load_model(named_model_path)
@@ -142,6 +144,8 @@ def test_predict_command_writes_the_csv_asked_for_and_nothing_else(named_model_p
     for row in rows[1:]:
         assert int(row[1]) == labels[row[0]]
         assert float(row[3]) >= float(row[6])
+        # No calibration in the file: the set is the most probable species, no group.
+        assert row[-2:] == [row[2], ""]
 
 
 def test_predict_command_explains_a_path_that_is_not_there(named_model_path, tmp_path, capsys):
