@@ -302,7 +302,8 @@ def set_size_figure(set_sizes, in_set):
     for size, count in zip(positions, counts):
         if count:
             held = np.mean(in_set[sizes == size])
-            axes.annotate(f"{held:.0%} held\nthe truth", (size, count), ha="center", va="bottom", fontsize=8)
+            label = f"{count} photos\n{held:.0%} held the truth"
+            axes.annotate(label, (size, count), ha="center", va="bottom", fontsize=8)
     axes.set_xticks(positions, [str(size) for size in positions[:-1]] + [f"{SET_SIZES_DRAWN}+"])
     axes.set_xlabel("species in the set")
     axes.set_ylabel("photos")
