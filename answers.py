@@ -138,13 +138,16 @@ def predict(
     unknown = unknown_answers(probabilities, min_confidence, similarities, min_similarity)
     class_names, class_groups = class_names or {}, class_groups or {}
     ranked = np.argsort(-probabilities, axis=-1, kind="stable")
-    sets = conformal.prediction_sets(probabilities, threshold)
+    # A set is the most probable species down to the last one at the threshold: a prefix of the ranking.
+    set_sizes = conformal.prediction_sets(probabilities, threshold).sum(axis=1)
     found = {}
-    for index, row, labels, is_unknown, in_set in zip(decoded, probabilities, ranked, unknown, sets):
-        said = [Prediction(class_name(int(label), class_names), int(label), float(row[label])) for label in labels]
-        members = [label for label in labels if in_set[label]]
-        group = shared_group(members, class_groups)
-        found[keys[index]] = Answers(said[:top_k], bool(is_unknown), said[: len(members)], group)
+    for index, row, labels, is_unknown, size in zip(decoded, probabilities, ranked, unknown, set_sizes):
+        said = [
+            Prediction(class_name(int(label), class_names), int(label), float(row[label]))
+            for label in labels[: max(top_k, size)]
+        ]
+        group = shared_group(labels[:size].tolist(), class_groups)
+        found[keys[index]] = Answers(said[:top_k], bool(is_unknown), said[:size], group)
     return found
 
 
