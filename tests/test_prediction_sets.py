@@ -283,3 +283,32 @@ def _datasets(group, prefix=""):
         else:
             found += _datasets(item, prefix + name + "/")
     return found
+
+
+def test_the_train_command_with_calibrate_saves_the_sets_and_the_group_folders(train_set, tmp_path, capsys):
+    train_gt, folder = train_set
+    species = {0: ("Hummingbirds", "Anna_Hummingbird"), 1: ("Gulls", "Ivory_Gull"), 2: ("Hummingbirds", "Rufous")}
+    root = tmp_path / "my_birds"
+    for name, label in train_gt.items():
+        group, bird = species[label]
+        os.makedirs(root / group / bird, exist_ok=True)
+        shutil.copy(os.path.join(folder, name), root / group / bird / name)
+    model_path = str(tmp_path / "mine.hdf5")
+    run.train_and_save(str(root), model_path, recipe=classification.FAST_RECIPE, calibrate=True)
+    assert model_file.load_class_groups(model_path) == {label: group for label, (group, _) in species.items()}
+    scores = model_file.load_conformity_scores(model_path)
+    assert len(scores) == len(train_gt) and np.all((scores >= 0) & (scores <= 1))
+    printed = capsys.readouterr().out
+    assert f"Calibrating the prediction sets: {conformal.FOLDS} models" in printed
+    assert "at coverage 0.95, the set holds every species of probability" in printed
+
+
+def test_calibrate_and_groups_go_only_with_the_commands_that_write_a_model(capsys):
+    for args, message in (
+        (["--predict", "--calibrate"], "--calibrate goes with --train, or alone"),
+        (["--predict", "--groups", "groups.csv"], "--groups goes with --train or --calibrate"),
+        (["--train", "a", "b.hdf5", "--coverage", "0.9"], "--coverage goes with --predict or --report or --serve"),
+    ):
+        with pytest.raises(SystemExit):
+            run.main(args)
+        assert message in capsys.readouterr().err
