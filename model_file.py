@@ -108,13 +108,7 @@ def check_model_path(path):
 
 def load_class_names(path):
     """The species names saved in the model file at `path`: {class id: name}, empty for a file without them."""
-    with h5py.File(path, "r") as file:
-        stored = file.attrs.get(CLASS_NAMES_ATTRIBUTE)
-    if stored is None:
-        return {}
-    if isinstance(stored, bytes):
-        stored = stored.decode("utf-8")
-    return {int(label): name for label, name in json.loads(stored).items()}
+    return _load_by_class_id(path, CLASS_NAMES_ATTRIBUTE)
 
 
 def load_min_confidence(path):
@@ -146,13 +140,18 @@ def load_conformity_scores(path):
 
 def load_class_groups(path):
     """The species' groups in the model file: {class id: group name}, empty for a file without them."""
+    return _load_by_class_id(path, CLASS_GROUPS_ATTRIBUTE)
+
+
+def _load_by_class_id(path, attribute):
+    """{class id: text} from the JSON attribute of the model file at `path`, empty where it has none."""
     with h5py.File(path, "r") as file:
-        stored = file.attrs.get(CLASS_GROUPS_ATTRIBUTE)
+        stored = file.attrs.get(attribute)
     if stored is None:
         return {}
     if isinstance(stored, bytes):
         stored = stored.decode("utf-8")
-    return {int(label): group for label, group in json.loads(stored).items()}
+    return {int(label): text for label, text in json.loads(stored).items()}
 
 
 def _validated_class_groups(class_groups):

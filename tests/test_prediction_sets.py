@@ -22,6 +22,9 @@ import run
 
 NAMES = {0: "Anna_Hummingbird", 1: "Rufous_Hummingbird", 2: "Ivory_Gull"}
 GROUPS = {0: "Hummingbirds", 1: "Hummingbirds", 2: "Gulls, Terns, and Skimmers"}
+# (group, species) of each class for folders of groups: labels in the species' sorted order, the ids the layout
+# gives whatever the groups.
+GROUPED_SPECIES = {0: ("Hummingbirds", "Anna_Hummingbird"), 1: ("Gulls", "Ivory_Gull"), 2: ("Hummingbirds", "Rufous")}
 
 
 def _independent_threshold(scores, coverage):
@@ -215,16 +218,10 @@ def test_the_report_counts_coverage_and_set_sizes_as_an_independent_count():
 
 def test_groups_come_from_group_folders_or_a_groups_csv(train_set, tmp_path):
     train_gt, folder = train_set
-    # Labels in the species' sorted order, the ids the layout gives, whatever their groups.
-    species = {0: ("Hummingbirds", "Anna_Hummingbird"), 1: ("Gulls", "Ivory_Gull"), 2: ("Hummingbirds", "Rufous")}
-    root = tmp_path / "my_birds"
-    for name, label in train_gt.items():
-        group, bird = species[label]
-        os.makedirs(root / group / bird, exist_ok=True)
-        shutil.copy(os.path.join(folder, name), root / group / bird / name)
-    data = datasets.training_data(str(root))
-    assert data.class_names == {label: bird for label, (_, bird) in species.items()}
-    assert data.class_groups == {label: group for label, (group, _) in species.items()}
+    root = _group_folders(tmp_path / "my_birds", train_gt, folder)
+    data = datasets.training_data(root)
+    assert data.class_names == {label: bird for label, (_, bird) in GROUPED_SPECIES.items()}
+    assert data.class_groups == {label: group for label, (group, _) in GROUPED_SPECIES.items()}
     assert sorted((os.path.basename(name), label) for name, label in data.gt.items()) == sorted(train_gt.items())
     groups_csv = tmp_path / "groups.csv"
     groups_csv.write_text("name,group\nIvory_Gull,Gulls\nAnna_Hummingbird,Hummingbirds\n"
@@ -274,6 +271,15 @@ def test_the_calibrate_command_writes_the_calibration_and_groups_and_keeps_the_w
     assert "holds photos of 2 species" in capsys.readouterr().err
 
 
+def _group_folders(root, train_gt, folder):
+    """The photos of `train_gt` copied into ROOT/GROUP/SPECIES/ folders (GROUPED_SPECIES); returns ROOT."""
+    for name, label in train_gt.items():
+        group, bird = GROUPED_SPECIES[label]
+        os.makedirs(root / group / bird, exist_ok=True)
+        shutil.copy(os.path.join(folder, name), root / group / bird / name)
+    return str(root)
+
+
 def _datasets(group, prefix=""):
     """The paths of every dataset below an HDF5 group."""
     found = []
@@ -287,15 +293,10 @@ def _datasets(group, prefix=""):
 
 def test_the_train_command_with_calibrate_saves_the_sets_and_the_group_folders(train_set, tmp_path, capsys):
     train_gt, folder = train_set
-    species = {0: ("Hummingbirds", "Anna_Hummingbird"), 1: ("Gulls", "Ivory_Gull"), 2: ("Hummingbirds", "Rufous")}
-    root = tmp_path / "my_birds"
-    for name, label in train_gt.items():
-        group, bird = species[label]
-        os.makedirs(root / group / bird, exist_ok=True)
-        shutil.copy(os.path.join(folder, name), root / group / bird / name)
+    root = _group_folders(tmp_path / "my_birds", train_gt, folder)
     model_path = str(tmp_path / "mine.hdf5")
-    run.train_and_save(str(root), model_path, recipe=classification.FAST_RECIPE, calibrate=True)
-    assert model_file.load_class_groups(model_path) == {label: group for label, (group, _) in species.items()}
+    run.train_and_save(root, model_path, recipe=classification.FAST_RECIPE, calibrate=True)
+    assert model_file.load_class_groups(model_path) == {label: group for label, (group, _) in GROUPED_SPECIES.items()}
     scores = model_file.load_conformity_scores(model_path)
     assert len(scores) == len(train_gt) and np.all((scores >= 0) & (scores <= 1))
     printed = capsys.readouterr().out
