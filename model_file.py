@@ -155,31 +155,28 @@ def _load_by_class_id(path, attribute):
 
 
 def _validated_class_groups(class_groups):
-    """{int class id: str group}, or ValueError naming what is wrong."""
-    if not isinstance(class_groups, collections.abc.Mapping):
-        raise ValueError(f"class_groups must be a mapping of class id to group name; got {class_groups!r}")
-    wrong = [
-        f"{label!r}: {group!r}"
-        for label, group in class_groups.items()
-        if not classification.is_class_id(label) or not isinstance(group, str) or not group
-    ]
-    if wrong:
-        raise ValueError(f"class_groups must map non-negative integer ids to group names (str); got {', '.join(wrong)}")
-    return {int(label): group for label, group in class_groups.items()}
+    """`class_groups` as {int: non-empty str}, or a ValueError naming the entries that are not."""
+    return _validated_by_class_id(class_groups, "class_groups", "group name", allow_empty=False)
 
 
 def _validated_class_names(class_names):
     """`class_names` as {int: str}, or a ValueError naming the entries that are not."""
-    if not isinstance(class_names, collections.abc.Mapping):
-        raise ValueError(f"class_names must be a mapping of class id to name; got a {type(class_names).__name__}.")
+    return _validated_by_class_id(class_names, "class_names", "name", allow_empty=True)
+
+
+def _validated_by_class_id(mapping, argument, value, allow_empty):
+    """`mapping` as {int class id: str} (non-empty unless `allow_empty`), or a ValueError naming `argument` and
+    its entries that are not."""
+    if not isinstance(mapping, collections.abc.Mapping):
+        raise ValueError(f"{argument} must be a mapping of class id to {value}; got a {type(mapping).__name__}.")
     bad = [
-        f"{label!r}: {name!r}"
-        for label, name in class_names.items()
-        if not classification.is_class_id(label) or not isinstance(name, str)
+        f"{label!r}: {text!r}"
+        for label, text in mapping.items()
+        if not classification.is_class_id(label) or not isinstance(text, str) or not (text or allow_empty)
     ]
     if bad:
-        raise ValueError(f"class_names must map non-negative integer ids to names (str); got {', '.join(bad)}")
-    return {int(label): name for label, name in class_names.items()}
+        raise ValueError(f"{argument} must map non-negative integer ids to {value}s (str); got {', '.join(bad)}")
+    return {int(label): text for label, text in mapping.items()}
 
 
 def _portable_layer(layer):
