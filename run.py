@@ -337,7 +337,7 @@ def calibrate_model(train_dir, model_path, classes_path=None, groups_path=None, 
 def _conformity_scores(data, recipe):
     """The conformity scores of a training set's photos, from `conformal.FOLDS` models trained on the rest."""
     start = time.time()
-    print(f"Calibrating the prediction sets: {conformal.FOLDS} models, each trained on the photos the others score")
+    print(f"Calibrating the prediction sets: {conformal.FOLDS} models, each scoring the photos it did not train on")
     _, labels, probabilities = conformal.out_of_fold_probabilities(data.gt, data.image_dir, recipe)
     scores = conformal.conformity_scores(probabilities, labels)
     threshold = conformal.probability_threshold(scores, conformal.DEFAULT_COVERAGE)
