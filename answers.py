@@ -122,8 +122,7 @@ def predict(
         raise ValueError(f"top_k must be a positive integer; got {top_k!r}")
     check_threshold(min_confidence)
     check_threshold(min_similarity, "min_similarity")
-    conformal.check_coverage(coverage)
-    threshold = 1.0 if conformity_scores is None else conformal.probability_threshold(conformity_scores, coverage)
+    threshold = conformal.set_threshold(conformity_scores, coverage)
     if isinstance(images, (str, os.PathLike)):
         keys = classification.image_files(images)
         paths = [os.path.join(images, name) for name in keys]

@@ -101,6 +101,13 @@ def probability_threshold(scores, coverage=DEFAULT_COVERAGE):
     return 0.0 if rank > len(scores) else float(1.0 - scores[rank - 1])
 
 
+def set_threshold(conformity_scores, coverage=DEFAULT_COVERAGE):
+    """`probability_threshold` of a model file's calibration; 1, the most probable species alone, where the
+    file has none (`conformity_scores` None)."""
+    check_coverage(coverage)
+    return 1.0 if conformity_scores is None else probability_threshold(conformity_scores, coverage)
+
+
 def prediction_sets(probabilities, threshold):
     """Which species are in each photo's set (photos x species, boolean): those with a probability of at
     least `threshold`, and the most probable one always."""

@@ -68,7 +68,7 @@ def save_model(
         config["config"]["layers"] = [_portable_layer(layer) for layer in config["config"]["layers"]]
         file.attrs["model_config"] = json.dumps(config)
         if names:
-            file.attrs[CLASS_NAMES_ATTRIBUTE] = json.dumps({str(label): name for label, name in sorted(names.items())})
+            file.attrs[CLASS_NAMES_ATTRIBUTE] = _by_class_id_json(names)
         if min_confidence is not None:
             file.attrs[MIN_CONFIDENCE_ATTRIBUTE] = float(min_confidence)
         if class_means is not None:
@@ -95,8 +95,7 @@ def write_answers(path, conformity_scores=None, class_groups=None):
                 del file[CONFORMITY_SCORES_DATASET]
             file.create_dataset(CONFORMITY_SCORES_DATASET, data=conformity_scores)
         if class_groups is not None:
-            stored = {str(label): group for label, group in sorted(class_groups.items())}
-            file.attrs[CLASS_GROUPS_ATTRIBUTE] = json.dumps(stored)
+            file.attrs[CLASS_GROUPS_ATTRIBUTE] = _by_class_id_json(class_groups)
 
 
 def check_model_path(path):
@@ -141,6 +140,11 @@ def load_conformity_scores(path):
 def load_class_groups(path):
     """The species' groups in the model file: {class id: group name}, empty for a file without them."""
     return _load_by_class_id(path, CLASS_GROUPS_ATTRIBUTE)
+
+
+def _by_class_id_json(mapping):
+    """{class id: text} as the JSON the model file keeps: {"class id": text}, in id order."""
+    return json.dumps({str(label): text for label, text in sorted(mapping.items())})
 
 
 def _load_by_class_id(path, attribute):

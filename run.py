@@ -466,7 +466,7 @@ def write_report(
     those of `coverage` (where the model file holds a calibration). Returns {report path:
     report.Summary}."""
     rule = answer_rule(min_confidence, min_similarity, model_path, coverage)
-    threshold = _set_threshold(rule)
+    threshold = conformal.set_threshold(rule.conformity_scores, rule.coverage)
     model = load_model(model_path)
     names = _class_names(classes_path, model_path)
     test_sets = datasets.test_sets(test_dir, gt_path, train_dir, names)
@@ -520,6 +520,8 @@ def export_model(
     export.check_request(out_path, int8_images)
     model = load_model(model_path)
     rule = answer_rule(None, None, model_path, coverage)
+    calibrated = rule.conformity_scores is not None
+    threshold = conformal.set_threshold(rule.conformity_scores, rule.coverage)
     start = time.time()
     print(f"Exporting {model_path} to {out_path} ...")
     written = export.export(
@@ -531,7 +533,7 @@ def export_model(
         rule.min_similarity,
         int8_images,
         max_quantization_steps,
-        (rule.coverage, _set_threshold(rule)) if rule.conformity_scores is not None else None,
+        (rule.coverage, threshold) if calibrated else None,
         rule.class_groups,
     )
     for path in written:
@@ -683,21 +685,13 @@ def answer_rule(min_confidence, min_similarity, model_path, coverage=None):
     return AnswerRule(min_confidence, class_means, min_similarity, coverage, conformity_scores, class_groups)
 
 
-def _set_threshold(rule):
-    """The smallest probability that puts a species in the set under `rule`; 1 (the most probable species
-    alone) for a model file without a calibration."""
-    if rule.conformity_scores is None:
-        return 1.0
-    return conformal.probability_threshold(rule.conformity_scores, rule.coverage)
-
-
 def _set_reason(rule):
     """What the prediction sets under `rule` are, for a line on screen."""
     if rule.conformity_scores is None:
         return "The model file holds no calibration (run.py --calibrate): one species per photo, the most probable."
     return (
         f"Each set holds the true species for {rule.coverage:.0%} of photos of these species: every species "
-        f"of probability {_set_threshold(rule):.1%} or more."
+        f"of probability {conformal.set_threshold(rule.conformity_scores, rule.coverage):.1%} or more."
     )
 
 
